@@ -1,0 +1,79 @@
+"""Layer 3: budgets, allocators and the planner that runs them. One interface, chosen by
+``trace.allocator``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import TraceConfig
+from ..predictor.base import Predictor
+from .base import Allocator, Featurize, Launch, PlanContext, even_split
+from .baselines import EntropyAllocator, PromptAllocator, TreeRandomAllocator, UniformAllocator
+from .budget import Budget, BudgetLedger
+from .planner import Issued, TreePlanner
+from .trace import OracleAllocator, TraceAllocator
+
+ALLOCATORS: dict[str, type[Allocator]] = {
+    cls.name: cls
+    for cls in (
+        UniformAllocator,
+        PromptAllocator,
+        TreeRandomAllocator,
+        EntropyAllocator,
+        TraceAllocator,
+        OracleAllocator,
+    )
+}
+
+
+def build_allocator(cfg: TraceConfig) -> Allocator:
+    try:
+        cls = ALLOCATORS[cfg.allocator]
+    except KeyError:
+        raise ValueError(f"trace.allocator: unknown allocator {cfg.allocator!r}; choose one of {sorted(ALLOCATORS)}") from None
+    return cls(cfg)
+
+
+def new_planner(
+    cfg: TraceConfig,
+    allocator: Allocator,
+    *,
+    n_roots: int,
+    budget: Budget,
+    max_turns: int,
+    predictor: Predictor | None = None,
+    featurize: Featurize | None = None,
+    rng: np.random.Generator | None = None,
+) -> TreePlanner:
+    """A planner for one training step."""
+    if n_roots < 1:
+        raise ValueError(f"n_roots must be >= 1, got {n_roots}")
+    if max_turns < 1:
+        raise ValueError(f"trace.max_turns must be >= 1, got {max_turns}")
+    if allocator.needs_predictor and predictor is None:
+        raise ValueError(f"allocator {allocator.name!r} needs a predictor")
+    ctx = PlanContext(
+        cfg=cfg,
+        ledger=BudgetLedger(budget),
+        n_roots=n_roots,
+        max_turns=max_turns,
+        predictor=predictor,
+        featurize=featurize,
+        rng=rng if rng is not None else np.random.default_rng(cfg.seed),
+    )
+    return TreePlanner(allocator, ctx)
+
+
+__all__ = [
+    "ALLOCATORS",
+    "Allocator",
+    "Budget",
+    "BudgetLedger",
+    "Issued",
+    "Launch",
+    "PlanContext",
+    "TreePlanner",
+    "build_allocator",
+    "even_split",
+    "new_planner",
+]

@@ -1,0 +1,140 @@
+"""The allocator interface and the per-step context every allocator reads.
+
+An allocator makes two kinds of decisions:
+
+* ``select_roots``: which prompts of the candidate pool become roots this step and how many first
+  chains each gets (global root allocation);
+* ``expand``: for trees whose outstanding leaves are back, which anchors (root or turn-level
+  prefix) get how many more continuations (local expansion).
+
+It never launches anything itself: the planner checks every decision against the budget ledger,
+and the executor (simulator or verl agent-loop worker) runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import TraceConfig
+from ..predictor.base import AnchorBatch, Prediction, Predictor
+from ..tree import ROOT, RolloutTree
+from .budget import BudgetLedger
+
+Featurize = Callable[[RolloutTree, Sequence[int]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Sample ``count`` continuations of tree ``uid`` from node ``anchor`` (ROOT = fresh chains)."""
+
+    uid: str
+    anchor: int
+    count: int
+
+
+@dataclass
+class PlanContext:
+    """What an allocator may read during one step."""
+
+    cfg: TraceConfig
+    ledger: BudgetLedger
+    n_roots: int
+    max_turns: int
+    predictor: Predictor | None = None
+    featurize: Featurize | None = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    trees: dict[str, RolloutTree] = field(default_factory=dict)
+    rounds_done: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[str, list[int]] = field(default_factory=dict)  # uid -> anchors of leaves in flight
+    quota: dict[str, int] = field(default_factory=dict)  # uid -> leaves the allocator reserved for it
+    state: dict[str, Any] = field(default_factory=dict)  # allocator scratch space for this step
+
+    @property
+    def threshold(self) -> float:
+        return self.cfg.success_threshold
+
+    def anchor_ids(self, tree: RolloutTree) -> list[int]:
+        """Expandable nodes: the root and non-terminal turns below the turn limit."""
+        c = tree.columns()
+        ok = (c["leaf"] == 0) & (c["depth"] < self.max_turns)
+        return np.flatnonzero(ok).tolist()
+
+    def anchor_batch(self, tree: RolloutTree, node_ids: Sequence[int]) -> AnchorBatch:
+        feats = None
+        if self.featurize is not None:
+            feats = self.featurize(tree, node_ids)
+        elif node_ids and all(tree[i].features is not None for i in node_ids):
+            feats = np.stack([tree[i].features for i in node_ids])
+        true_p = None
+        if node_ids and all("true_p" in tree[i].meta for i in node_ids):
+            true_p = np.array([tree[i].meta["true_p"] for i in node_ids], np.float64)
+        return AnchorBatch(keys=[anchor_key(tree, i) for i in node_ids], features=feats, true_p=true_p)
+
+    def predict(self, trees: Sequence[RolloutTree], node_ids: Sequence[Sequence[int]]) -> list[Prediction]:
+        """One predictor call for the anchors of many trees; estimates are stored on the nodes
+        (``meta['p_hat']``, ``meta['p_std']``) for metrics and the tree renderer."""
+        if self.predictor is None:
+            raise RuntimeError(f"allocator {self.cfg.allocator!r} needs a predictor")
+        batches = [self.anchor_batch(t, ids) for t, ids in zip(trees, node_ids)]
+        pred = self.predictor.predict(AnchorBatch.concat(batches))
+        out, start = [], 0
+        for t, ids in zip(trees, node_ids):
+            sl = slice(start, start + len(ids))
+            p = Prediction(p=pred.p[sl], std=pred.std[sl])
+            for i, pi, si in zip(ids, p.p, p.std):
+                t[i].meta["p_hat"], t[i].meta["p_std"] = float(pi), float(si)
+            out.append(p)
+            start += len(ids)
+        return out
+
+    def predict_roots(self, pool: Sequence[RolloutTree]) -> Prediction:
+        preds = self.predict(pool, [[ROOT]] * len(pool))
+        return Prediction(p=np.concatenate([x.p for x in preds]), std=np.concatenate([x.std for x in preds]))
+
+
+
+def anchor_key(tree: RolloutTree, node_id: int) -> str:
+    """Identity of an anchor across steps: the prompt key for a root, the prompt key plus a digest
+    of the turn texts for a prefix (so the same prefix of the same prompt maps to the same key)."""
+    if node_id == ROOT:
+        return tree.key
+    node = tree[node_id]
+    key = node.meta.get("key")
+    if key is None:
+        h = hashlib.blake2b(digest_size=8)
+        for i in tree.path(node_id)[1:]:
+            n = tree[i]
+            h.update(n.text.encode() if n.text else repr(n.action_ids).encode())
+            h.update(b"\x00")
+        key = node.meta["key"] = f"{tree.key}/{h.hexdigest()}"
+    return key
+
+
+def even_split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers differing by at most one (larger ones first)."""
+    q, r = divmod(total, parts)
+    return [q + (1 if i < r else 0) for i in range(parts)]
+
+
+class Allocator(ABC):
+    name: str = "allocator"
+    needs_predictor: bool = False
+
+    def __init__(self, cfg: TraceConfig):
+        self.cfg = cfg
+        self.params = cfg.allocation
+
+    @abstractmethod
+    def select_roots(self, ctx: PlanContext, pool: Sequence[RolloutTree]) -> dict[str, int]:
+        """uid -> first chains, for at most ``ctx.n_roots`` roots of the pool."""
+
+    def expand(self, ctx: PlanContext, ready: Sequence[str], final: bool = False) -> list[Launch]:
+        """Continuations for trees in ``ready``. ``final`` is set once nothing is in flight and the
+        budget is not spent: the allocator's last chance before the planner's root fallback."""
+        return []

@@ -1,0 +1,235 @@
+"""The planner: an event-driven state machine that turns allocator decisions into launches.
+
+Executors drive it the same way whether leaves come from the simulator's event queue or from
+verl agent loops: ``start(pool)`` returns the first launches; each finished leaf is reported with
+``leaf_done(launch, leaf_id)`` (the executor has already added its turns to the tree), which
+returns any new launches. Budget checks, readiness (per tree, or a global barrier in ``rounds``
+mode), the final sweep and the never-silently-underspent fallback live here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..predictor.base import AnchorBatch
+from ..tree import ROOT, LeafStatus, RolloutTree
+from .base import Allocator, Launch, PlanContext, even_split
+
+
+@dataclass(frozen=True)
+class Issued(Launch):
+    """A launch as issued by the planner: tagged with the tree's round so completions can be
+    attributed to it."""
+
+    round: int = 0
+
+
+class TreePlanner:
+    def __init__(self, allocator: Allocator, ctx: PlanContext):
+        self.allocator, self.ctx = allocator, ctx
+        self.cfg = ctx.cfg
+        self._round: dict[str, int] = {}
+        self._pending: dict[tuple[str, int], int] = {}
+        self._launched: dict[tuple[str, int], int] = {}
+        self._finished: set[str] = set()
+        self._closed = False
+        self._swept = False
+        self.plan_seconds = 0.0
+        self.fallback_leaves = 0
+        self.started = False
+
+    # ------------------------------------------------------------------ events
+    def start(self, pool: Sequence[RolloutTree]) -> list[Issued]:
+        ctx = self.ctx
+        if self.started:
+            raise RuntimeError("planner.start() called twice; build one planner per step")
+        self.started = True
+        uids = [t.uid for t in pool]
+        if len(set(uids)) != len(uids):
+            raise ValueError("candidate pool has duplicate uids")
+        if len(pool) < ctx.n_roots:
+            raise ValueError(f"candidate pool has {len(pool)} prompts, fewer than the {ctx.n_roots} roots to select")
+        min_leaves = self.cfg.budget.min_leaves_per_root
+        if ctx.ledger.budget.leaves < ctx.n_roots * min_leaves:
+            raise ValueError(
+                f"budget of {ctx.ledger.budget.leaves} leaves is smaller than {ctx.n_roots} roots x "
+                f"budget.min_leaves_per_root={min_leaves}"
+            )
+        t0 = time.perf_counter()
+        plan = self.allocator.select_roots(ctx, pool)
+        self.plan_seconds += time.perf_counter() - t0
+        by_uid = {t.uid: t for t in pool}
+        if any(u not in by_uid for u in plan):
+            raise ValueError(f"allocator {self.allocator.name} selected roots outside the pool")
+        chosen = {u: n for u, n in plan.items() if n > 0}
+        if len(chosen) > ctx.n_roots:
+            raise ValueError(f"allocator {self.allocator.name} selected {len(chosen)} roots, more than {ctx.n_roots}")
+        if sum(chosen.values()) > ctx.ledger.budget.leaves:
+            raise ValueError(f"allocator {self.allocator.name} planned more first chains than the budget")
+        for u in chosen:
+            ctx.trees[u] = by_uid[u]
+            ctx.rounds_done[u] = 0
+            ctx.in_flight[u] = []
+            self._round[u] = -1  # the first chains open round 0
+        launches = self._issue([Launch(u, ROOT, n) for u, n in chosen.items()])
+        return launches or self._final()
+
+    def leaf_done(self, launch: Issued, leaf_id: int) -> list[Issued]:
+        return self.leaves_done([(launch, leaf_id)])
+
+    def leaves_done(self, done: Sequence[tuple[Issued, int]]) -> list[Issued]:
+        """Report finished leaves (several at once lets the allocator batch its predictions)."""
+        ctx = self.ctx
+        for launch, leaf_id in done:
+            tree = ctx.trees[launch.uid]
+            leaf = tree[leaf_id]
+            if not leaf.terminal:
+                raise ValueError(f"leaf_done: node {leaf_id} of tree {launch.uid} is not a finished leaf")
+            path = tree.path(leaf_id)
+            if launch.anchor not in path:
+                raise ValueError(f"leaf {leaf_id} of tree {launch.uid} does not descend from anchor {launch.anchor}")
+            new_tokens = sum(tree[i].generated_tokens for i in path[path.index(launch.anchor) + 1 :])
+            ctx.ledger.complete(new_tokens, failed=leaf.status is LeafStatus.FAILED)
+            ctx.in_flight[launch.uid].remove(launch.anchor)
+            self._pending[(launch.uid, launch.round)] -= 1
+        return self._plan()
+
+    @property
+    def done(self) -> bool:
+        return self.started and self._closed and self.ctx.ledger.in_flight == 0
+
+    # ------------------------------------------------------------------ planning
+    def _ready(self) -> list[str]:
+        ctx = self.ctx
+        live = [u for u in ctx.trees if u not in self._finished]
+        if self.cfg.schedule == "rounds":
+            return live if ctx.ledger.in_flight == 0 else []
+        rf = self.cfg.ready_fraction
+        out = []
+        for u in live:
+            key = (u, self._round[u])
+            if self._pending.get(key, 0) <= int((1.0 - rf) * self._launched.get(key, 0)):
+                out.append(u)
+        return out
+
+    def _plan(self) -> list[Issued]:
+        ctx = self.ctx
+        launches: list[Issued] = []
+        ready = self._ready()
+        if ready and ctx.ledger.remaining > 0:
+            t0 = time.perf_counter()
+            proposed = self.allocator.expand(ctx, ready)
+            self.plan_seconds += time.perf_counter() - t0
+            launches = self._issue(proposed)
+        expanded = {x.uid for x in launches}
+        self._finished.update(u for u in ready if u not in expanded)
+        if not launches and ctx.ledger.in_flight == 0:
+            launches = self._final()
+        return launches
+
+    def _final(self) -> list[Issued]:
+        """Nothing in flight: give the allocator one last call, then fall back to fresh chains at
+        the roots, so the budget is spent unless it truly cannot be (and then say why)."""
+        ctx, led = self.ctx, self.ctx.ledger
+        if led.remaining <= 0 or self._closed:
+            self._closed = True
+            return []
+        if not self._swept:
+            self._swept = True
+            t0 = time.perf_counter()
+            proposed = self.allocator.expand(ctx, list(ctx.trees), final=True)
+            self.plan_seconds += time.perf_counter() - t0
+            launches = self._issue(proposed)
+            if launches:
+                return launches
+        if not ctx.trees:
+            led.note_unspent("no_roots", led.remaining)
+            self._closed = True
+            return []
+        can = led.affordable(led.remaining)
+        if can == 0:
+            led.note_unspent("token_budget", led.remaining)
+            self._closed = True
+            return []
+        uids = list(ctx.trees)
+        launches = self._issue([Launch(u, ROOT, n) for u, n in zip(uids, even_split(can, len(uids))) if n > 0])
+        self.fallback_leaves += sum(x.count for x in launches)
+        return launches
+
+    def _issue(self, proposed: Sequence[Launch]) -> list[Issued]:
+        """Check launches against the tree and the ledger; each tree that gets any opens a round."""
+        ctx = self.ctx
+        accepted: list[Launch] = []
+        for lz in proposed:
+            if lz.count <= 0:
+                continue
+            tree = ctx.trees.get(lz.uid)
+            if tree is None:
+                raise ValueError(f"allocator {self.allocator.name} expanded unknown tree {lz.uid!r}")
+            node = tree[lz.anchor]
+            if node.terminal or node.depth >= ctx.max_turns:
+                raise ValueError(
+                    f"allocator {self.allocator.name} chose node {lz.anchor} of {lz.uid}, which is not an anchor"
+                )
+            n = ctx.ledger.affordable(lz.count)
+            if n < lz.count and ctx.ledger.remaining >= lz.count:
+                ctx.ledger.note_unspent("token_budget", lz.count - n)
+            if n == 0:
+                continue
+            ctx.ledger.launch(n)
+            accepted.append(Launch(lz.uid, lz.anchor, n))
+        for uid in dict.fromkeys(x.uid for x in accepted):
+            self._round[uid] += 1
+            self._finished.discard(uid)
+            ctx.rounds_done[uid] = self._round[uid]
+        out = []
+        for x in accepted:
+            key = (x.uid, self._round[x.uid])
+            self._pending[key] = self._pending.get(key, 0) + x.count
+            self._launched[key] = self._launched.get(key, 0) + x.count
+            ctx.in_flight[x.uid].extend([x.anchor] * x.count)
+            out.append(Issued(x.uid, x.anchor, x.count, round=self._round[x.uid]))
+        return out
+
+    # ------------------------------------------------------------------ results
+    def metrics(self) -> dict[str, float]:
+        led = self.ctx.ledger
+        m = {f"plan/{k}": float(v) for k, v in led.summary().items()}
+        m["plan/seconds"] = self.plan_seconds
+        m["plan/fallback_leaves"] = float(self.fallback_leaves)
+        m["plan/unspent_leaves"] = float(led.remaining)
+        for reason, n in led.unspent_reasons.items():
+            m[f"plan/unspent_{reason}"] = float(n)
+        m["plan/roots"] = float(len(self.ctx.trees))
+        return m
+
+    def training_batch(self) -> tuple[AnchorBatch, np.ndarray]:
+        """(anchor, outcome) pairs for the predictor: every anchor on a usable leaf's path, labelled
+        with that leaf's success. Conditional success probability of an anchor is exactly the
+        expected outcome of the leaves sampled below it."""
+        ctx = self.ctx
+        batches, ys = [], []
+        for tree in ctx.trees.values():
+            ids, y = [], []
+            for leaf in tree.leaves():
+                if leaf.status is LeafStatus.FAILED:
+                    continue
+                if leaf.status is LeafStatus.TRUNCATED and self.cfg.advantage.truncated == "drop":
+                    continue
+                succ = float(leaf.reward >= ctx.threshold)
+                for i in tree.path(leaf.node_id)[:-1]:
+                    ids.append(i)
+                    y.append(succ)
+            if ids:
+                uniq = sorted(set(ids))
+                b = ctx.anchor_batch(tree, uniq)
+                pos = {u: k for k, u in enumerate(uniq)}
+                batches.append(b.select([pos[i] for i in ids]))
+                ys.append(np.asarray(y))
+        if not batches:
+            return AnchorBatch(keys=[]), np.zeros(0)
+        return AnchorBatch.concat(batches), np.concatenate(ys)

@@ -1,0 +1,103 @@
+"""Layer 2 interface: predict the conditional success probability of anchors (roots or turn
+prefixes) and learn it online from the terminal rewards of the leaves below them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class AnchorBatch:
+    """A batch of anchors as a predictor sees them.
+
+    ``keys`` identify an anchor across steps (a prompt's key repeats every epoch; a prefix key
+    rarely does). ``features`` describe the prefix history for predictors that generalize.
+    ``true_p`` exists only in the simulator and is read only by the oracle.
+    """
+
+    keys: Sequence[str]
+    features: np.ndarray | None = None
+    true_p: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        if self.features is not None:
+            self.features = np.asarray(self.features, dtype=np.float32)
+            if self.features.ndim != 2 or self.features.shape[0] != n:
+                raise ValueError(f"features must have shape ({n}, d), got {self.features.shape}")
+        if self.true_p is not None:
+            self.true_p = np.asarray(self.true_p, dtype=np.float64)
+            if self.true_p.shape != (n,):
+                raise ValueError(f"true_p must have shape ({n},), got {self.true_p.shape}")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def select(self, idx: np.ndarray | Sequence[int]) -> AnchorBatch:
+        idx = np.asarray(idx, dtype=np.int64)
+        return AnchorBatch(
+            keys=[self.keys[i] for i in idx],
+            features=None if self.features is None else self.features[idx],
+            true_p=None if self.true_p is None else self.true_p[idx],
+        )
+
+    @staticmethod
+    def concat(batches: Sequence[AnchorBatch]) -> AnchorBatch:
+        keys = [k for b in batches for k in b.keys]
+        feats = [b.features for b in batches]
+        tp = [b.true_p for b in batches]
+        return AnchorBatch(
+            keys=keys,
+            features=np.concatenate(feats) if feats and all(f is not None for f in feats) else None,
+            true_p=np.concatenate(tp) if tp and all(t is not None for t in tp) else None,
+        )
+
+
+@dataclass
+class Prediction:
+    """Success probability and its epistemic uncertainty (standard deviation) per anchor."""
+
+    p: np.ndarray
+    std: np.ndarray
+
+    def beta_params(self, kappa_min: float = 1.0, kappa_max: float = 64.0) -> tuple[np.ndarray, np.ndarray]:
+        """Moment-matched Beta(a, b) with mean ``p`` and sd ``std``; the concentration is clipped so
+        an over-confident predictor still lets observed outcomes move the posterior."""
+        p = np.clip(self.p, 1e-4, 1 - 1e-4)
+        var = np.maximum(self.std, 1e-6) ** 2
+        kappa = np.clip(p * (1 - p) / var - 1.0, kappa_min, kappa_max)
+        return kappa * p, kappa * (1 - p)
+
+
+class Predictor(ABC):
+    """predict / update / state_dict: the whole contract the allocators and the trainer rely on."""
+
+    name: str = "predictor"
+
+    @abstractmethod
+    def predict(self, anchors: AnchorBatch) -> Prediction: ...
+
+    @abstractmethod
+    def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
+        """Learn from outcomes in [0, 1] (one per anchor). Returns metrics, including calibration
+        of the predictions made *before* this update on exactly these anchors."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_outcomes(anchors: AnchorBatch, outcomes: np.ndarray) -> np.ndarray:
+    y = np.asarray(outcomes, dtype=np.float64)
+    if y.shape != (len(anchors),):
+        raise ValueError(f"outcomes must have shape ({len(anchors)},), got {y.shape}")
+    if not np.all(np.isfinite(y)) or y.min(initial=0.0) < 0.0 or y.max(initial=0.0) > 1.0:
+        raise ValueError("outcomes must be finite and in [0, 1] (rewards are clipped before update)")
+    return y
