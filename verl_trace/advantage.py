@@ -65,7 +65,7 @@ def group_turn_advantages(
             if child not in kids:
                 kids.append(child)
         leaf_value.setdefault(path[-1], []).append(leaves[i].reward)
-    value = _node_values(root, children, leaf_value, cfg.value)
+    value = node_values(root, children, leaf_value, cfg.value)
     scale = 1.0 / (float(rewards.std(ddof=1)) + cfg.epsilon) if norm_by_std else 1.0
     v_root = value[root]
     for i in use:
@@ -81,7 +81,7 @@ def group_turn_advantages(
     return out
 
 
-def _node_values(root: int, children: Mapping[int, list[int]], leaf_value: Mapping[int, list[float]], mode: str) -> dict[int, float]:
+def node_values(root: int, children: Mapping[int, list[int]], leaf_value: Mapping[int, list[float]], mode: str) -> dict[int, float]:
     """V(u) for every node reachable from ``root``.
 
     ``child_mean``: a node's value is the plain mean of its children's values. Children of a node

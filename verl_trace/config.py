@@ -64,7 +64,7 @@ class AdvantageConfig(_Strict):
     local_weight: float = Field(default=1.0, ge=0.0)  # weight of prefix-level contrast at branch points
     value: Literal["child_mean", "leaf_mean"] = "child_mean"
     norm_by_std: bool | None = None  # None: follow algorithm.norm_adv_by_std_in_grpo
-    epsilon: float = Field(default=1e-6, gt=0.0)
+    epsilon: float = Field(default=1e-6, ge=0.0)
     truncated: Literal["keep", "drop"] = "keep"  # whether length-truncated leaves join the contrast
 
 

@@ -66,7 +66,7 @@ class SentenceEmbeddingEncoder(TextEncoder):
         if not Path(model_path).is_dir():
             raise FileNotFoundError(f"featurizer.model_path {model_path!r} is not a local model directory")
         self.model = SentenceTransformer(model_path, device=device, local_files_only=True)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -10,6 +10,7 @@ the allocator turns into a Beta prior.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -133,12 +134,14 @@ class EnsemblePredictor(Predictor):
             "dim": self.dim,
             "updates": self.updates,
             "params": {k: v.detach().clone() for k, v in self.params.items()},
-            "optimizer": None if self._opt is None else self._opt.state_dict(),
+            # Deep copies: torch's optimizer state_dict returns live tensors, and a checkpoint (or a
+            # second predictor loaded from it) must not alias this one's moments.
+            "optimizer": None if self._opt is None else copy.deepcopy(self._opt.state_dict()),
             "buffer_x": self._bx.copy(),
             "buffer_y": self._by.copy(),
             "mu": None if self._mu is None else self._mu.copy(),
             "sd": None if self._sd is None else self._sd.copy(),
-            "rng": self._gen.get_state(),
+            "rng": self._gen.get_state().clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -155,7 +158,7 @@ class EnsemblePredictor(Predictor):
                 for k, v in state["params"].items():
                     self.params[k].copy_(torch.as_tensor(v))
             if state["optimizer"] is not None:
-                self._opt.load_state_dict(state["optimizer"])
+                self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._bx = np.asarray(state["buffer_x"], np.float32)
         self._by = np.asarray(state["buffer_y"], np.float32)
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)

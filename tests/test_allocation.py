@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verl_trace.allocation import ALLOCATORS, Budget, Launch, build_allocator, new_planner
+from verl_trace.allocation.drive import drive
+from verl_trace.allocation.trace import beta_moment, mixed_probability
+from verl_trace.config import TraceConfig
+from verl_trace.predictor import build_predictor
+from verl_trace.tree import ROOT, LeafStatus
+
+
+def _planner(name, n_roots, budget, max_turns=4, **cfg_kw):
+    alloc_kw = cfg_kw.pop("allocation", {})
+    cfg = TraceConfig(allocator=name, **cfg_kw)
+    for k, v in alloc_kw.items():
+        setattr(cfg.allocation, k, v)
+    pred = build_predictor(cfg.predictor, oracle=name == "oracle")
+    return new_planner(cfg, build_allocator(cfg), n_roots=n_roots, budget=budget, max_turns=max_turns, predictor=pred)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    name=st.sampled_from(sorted(ALLOCATORS)),
+    seed=st.integers(0, 100_000),
+    n_roots=st.integers(1, 6),
+    per_root=st.integers(2, 9),
+    extra_leaves=st.integers(0, 7),
+    pool_factor=st.sampled_from([1.0, 1.5, 3.0]),
+    max_turns=st.integers(1, 5),
+    schedule=st.sampled_from(["pipelined", "rounds"]),
+    ready_fraction=st.sampled_from([0.5, 1.0]),
+    rounds=st.integers(0, 3),
+    fail_prob=st.sampled_from([0.0, 0.2]),
+)
+def test_every_allocator_spends_exactly_the_leaf_budget(
+    make_world, name, seed, n_roots, per_root, extra_leaves, pool_factor, max_turns, schedule, ready_fraction, rounds, fail_prob
+):
+    leaves = n_roots * per_root + extra_leaves
+    world = make_world(seed=seed, max_turns=max_turns, fail_prob=fail_prob)
+    pl = _planner(name, n_roots, Budget(leaves), max_turns=max_turns, schedule=schedule, ready_fraction=ready_fraction,
+                  allocation={"pool_factor": pool_factor, "rounds": rounds})
+    pool = world.pool(int(np.ceil(n_roots * pool_factor)))
+    drive(pl, pool, world.rollout)
+    trees = pl.ctx.trees.values()
+    assert len(pl.ctx.trees) <= n_roots
+    assert sum(len(t.leaves()) for t in trees) == leaves  # never more, never silently fewer
+    assert pl.ctx.ledger.launched == pl.ctx.ledger.completed == leaves
+    for t in trees:
+        for leaf in t.leaves():  # every leaf's turns respect the turn limit
+            assert leaf.depth <= max_turns
+    m = pl.metrics()
+    assert m["plan/unspent_leaves"] == 0 and m["plan/launched"] == leaves
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(ALLOCATORS)), seed=st.integers(0, 10_000), tokens=st.integers(1, 400))
+def test_token_budget_is_never_exceeded_and_unspent_leaves_are_explained(make_world, name, seed, tokens):
+    world = make_world(seed=seed, max_turns=3)
+    max_leaf_tokens = 3 * 19  # RandomWorld turns have <= 19 generated tokens
+    pl = _planner(name, 3, Budget(18, tokens=tokens, max_leaf_tokens=max_leaf_tokens), max_turns=3)
+    drive(pl, world.pool(3), world.rollout)
+    led = pl.ctx.ledger
+    assert led.tokens_generated <= tokens
+    assert led.launched <= 18
+    if led.launched < 18:
+        assert led.unspent_reasons.get("token_budget", 0) > 0
+        assert pl.metrics()["plan/unspent_leaves"] == 18 - led.launched
+
+
+def test_uniform_is_grpo_and_trees_branch_from_prefixes(make_world):
+    world = make_world(seed=1)
+    pl = _planner("uniform", 4, Budget(20))
+    drive(pl, world.pool(6), world.rollout)
+    assert [len(t.leaves()) for t in pl.ctx.trees.values()] == [5, 5, 5, 5]
+    assert all(len(t.root.children) == 5 for t in pl.ctx.trees.values())  # independent chains
+    assert list(pl.ctx.trees) == ["u0", "u1", "u2", "u3"]  # the first prompts, no selection
+    tr = _planner("tree_random", 4, Budget(32), allocation={"rounds": 2})
+    drive(tr, make_world(seed=1).pool(4), make_world(seed=1).rollout)
+    assert any(len(t[n].children) >= 2 for t in tr.ctx.trees.values() for n in range(1, len(t)))
+
+
+def test_oracle_beats_uniform_on_effective_samples(make_world):
+    """With the true success probability, the TRACE rule finds mixed groups far more often."""
+
+    def esr(name, seed):
+        world = make_world(seed=seed)
+        pl = _planner(name, 16, Budget(16 * 6), allocation={"pool_factor": 3.0})
+        drive(pl, world.pool(48), world.rollout)
+        eff = tot = 0
+        for t in pl.ctx.trees.values():
+            r = [leaf.reward for leaf in t.leaves()]
+            tot += len(r)
+            eff += len(r) if 0 < sum(r) < len(r) else 0
+        return eff / tot
+
+    oracle = np.mean([esr("oracle", s) for s in range(3)])
+    uniform = np.mean([esr("uniform", s) for s in range(3)])
+    assert oracle > uniform + 0.15
+
+
+def test_beta_moments_match_monte_carlo():
+    rng = np.random.default_rng(0)
+    a, b = np.array([2.0, 0.5]), np.array([3.0, 0.7])
+    p = rng.beta(a, b, size=(200_000, 2))
+    np.testing.assert_allclose(beta_moment(a, b, 3), (p**3).mean(0), rtol=0.02)
+    draws = rng.random((200_000, 2, 4)) < p[..., None]
+    mixed = (draws.any(-1) & ~draws.all(-1)).mean(0)
+    np.testing.assert_allclose(mixed_probability(a, b, 4), mixed, atol=0.01)
+    assert np.all(mixed_probability(a, b, 1) == 0)
+
+
+def test_trace_branches_from_the_promising_prefix_of_an_all_fail_tree(make_world):
+    """All first chains failed; one prefix is predicted to succeed often: TRACE spends there."""
+    world = make_world(seed=3)
+    pl = _planner("oracle", 1, Budget(6), allocation={"rounds": 1, "initial_fraction": 0.5})
+    (tree,) = world.pool(1)
+    first = pl.start([tree])
+    assert first == [type(first[0])("u0", ROOT, 3, round=0)]
+    ids = []
+    for k in range(3):
+        a = tree.add_turn(ROOT, [1, 2], [3], meta={"true_p": 0.9 if k == 0 else 0.02})
+        leaf = tree.add_turn(a, [4], meta={"true_p": 0.0})
+        tree.finish(leaf, 0.0)
+        ids.append((a, leaf))
+    tree.root.meta["true_p"] = 0.05
+    launches = pl.leaves_done([(first[0], leaf) for _, leaf in ids])
+    assert sum(x.count for x in launches) == 3
+    assert {x.anchor for x in launches} == {ids[0][0]}
+
+
+def test_planner_rejects_invalid_decisions_and_reports(make_world):
+    world = make_world(seed=0)
+    pl = _planner("uniform", 2, Budget(4))
+    launches = pl.start(world.pool(2))
+    with pytest.raises(ValueError, match="not a finished leaf"):
+        pl.leaves_done([(launches[0], ROOT)])
+    with pytest.raises(RuntimeError, match="called twice"):
+        pl.start(world.pool(2))
+    pl2 = _planner("uniform", 2, Budget(4))
+    pl2.start(world.pool(2, prefix="v"))
+    with pytest.raises(ValueError, match="unknown tree"):
+        pl2._issue([Launch("nope", ROOT, 1)])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"n_roots": 4, "budget": Budget(6)}, "smaller than 4 roots"),
+        ({"n_roots": 0, "budget": Budget(6)}, "n_roots"),
+        ({"n_roots": 2, "budget": Budget(6), "max_turns": 0}, "max_turns"),
+    ],
+)
+def test_bad_sizes_fail_at_construction_naming_the_field(make_world, kwargs, match):
+    cfg = TraceConfig(allocator="uniform")
+    with pytest.raises(ValueError, match=match):
+        pl = new_planner(cfg, build_allocator(cfg), max_turns=kwargs.pop("max_turns", 3), **kwargs)
+        pl.start(make_world().pool(kwargs["n_roots"]))
+
+
+def test_budget_validation():
+    with pytest.raises(ValueError, match="budget.leaves"):
+        Budget(0)
+    with pytest.raises(ValueError, match="max_leaf_tokens"):
+        Budget(4, tokens=100)
+
+
+def test_trace_needs_a_predictor():
+    cfg = TraceConfig(allocator="trace")
+    with pytest.raises(ValueError, match="needs a predictor"):
+        new_planner(cfg, build_allocator(cfg), n_roots=1, budget=Budget(4), max_turns=3)
+
+
+def test_failed_leaves_count_against_the_budget(make_world):
+    world = make_world(seed=5, fail_prob=0.5)
+    pl = _planner("trace", 3, Budget(15))
+    drive(pl, world.pool(3), world.rollout)
+    failed = sum(1 for t in pl.ctx.trees.values() for leaf in t.leaves() if leaf.status is LeafStatus.FAILED)
+    assert failed > 0
+    assert pl.metrics()["plan/failed"] == failed
+    assert sum(len(t.leaves()) for t in pl.ctx.trees.values()) == 15

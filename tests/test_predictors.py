@@ -1,0 +1,168 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from verl_trace.config import PredictorConfig
+from verl_trace.predictor import (
+    AnchorBatch,
+    AnchorFeaturizer,
+    BetaPredictor,
+    EnsemblePredictor,
+    HashedNgramEncoder,
+    HybridPredictor,
+    OraclePredictor,
+    Prediction,
+    auc,
+    brier,
+    build_featurizer,
+    build_predictor,
+    ece,
+)
+from verl_trace.tree import ROOT, RolloutTree
+
+
+def test_calibration_metrics_against_definitions():
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.8])
+    y = np.array([0, 0, 1, 1, 0])
+    assert brier(p, y) == pytest.approx(np.mean((p - y) ** 2))
+    pairs = [(i, j) for i in range(5) for j in range(5) if y[i] == 1 and y[j] == 0]
+    brute = np.mean([1.0 if p[i] > p[j] else 0.5 if p[i] == p[j] else 0.0 for i, j in pairs])
+    assert auc(p, y) == pytest.approx(brute)
+    # ECE with 10 equal-width bins: {0.1}, {0.35}, {0.4}, {0.8, 0.8}.
+    expected = (abs(0.1 - 0) + abs(0.35 - 1) + abs(0.4 - 0) + 2 * abs(0.8 - 0.5)) / 5
+    assert ece(p, y) == pytest.approx(expected)
+    assert np.isnan(auc(p, np.ones(5)))
+
+
+def test_beta_predictor_discounted_updates():
+    pred = BetaPredictor(alpha0=1.0, beta0=1.0, discount=0.5)
+    b = AnchorBatch(keys=["k", "k", "k"])
+    pred.update(b, np.array([1.0, 1.0, 0.0]))
+    out = pred.predict(AnchorBatch(keys=["k", "unseen"]))
+    # alpha = 0.5*1 + 0.5*1 + 2 = 3, beta = 1 + 1 = 2.
+    assert out.p[0] == pytest.approx(3 / 5)
+    assert out.p[1] == pytest.approx(0.5)
+    pred.update(AnchorBatch(keys=["k"]), np.array([0.0]))
+    # alpha = 0.5*3 + 0.5 = 2, beta = 0.5*2 + 0.5 + 1 = 2.5
+    assert pred.predict(AnchorBatch(keys=["k"])).p[0] == pytest.approx(2 / 4.5)
+    assert out.std[1] == pytest.approx(np.sqrt(1 / 12))
+
+
+def test_beta_predictor_bounds_memory():
+    pred = BetaPredictor(max_keys=3)
+    pred.update(AnchorBatch(keys=[f"k{i}" for i in range(10)]), np.ones(10))
+    assert pred.state_dict()["ab"].shape == (3, 2)
+
+
+def _task(n: int, seed: int):
+    """Features whose first coordinate drives success: a learnable, shared structure."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    p = 1 / (1 + np.exp(-2.5 * x[:, 0]))
+    y = (rng.random(n) < p).astype(float)
+    return AnchorBatch(keys=[f"s{seed}-{i}" for i in range(n)], features=x), y, p
+
+
+def test_shared_predictor_generalizes_to_unseen_anchors():
+    pred = EnsemblePredictor(members=4, hidden=16, steps_per_update=60, seed=0)
+    for step in range(6):
+        b, y, _ = _task(400, seed=step)
+        metrics = pred.update(b, y)
+    assert metrics["predictor/shared_loss"] < 0.6
+    test, y, p_true = _task(2000, seed=99)  # anchors never seen
+    out = pred.predict(test)
+    assert auc(out.p, y) > 0.8
+    assert np.corrcoef(out.p, p_true)[0, 1] > 0.9
+    assert np.all(out.std >= 0) and out.std.mean() > 0
+
+
+def test_shared_predictor_uncertainty_is_prior_before_training():
+    pred = EnsemblePredictor()
+    out = pred.predict(_task(5, 0)[0])
+    assert np.allclose(out.p, 0.5) and np.allclose(out.std, 0.5 / np.sqrt(3))
+    with pytest.raises(ValueError, match="features"):
+        pred.predict(AnchorBatch(keys=["a"]))
+
+
+@pytest.mark.parametrize("kind", ["beta", "shared", "hybrid"])
+def test_state_dict_round_trip_gives_identical_predictions(kind):
+    cfg = PredictorConfig(kind=kind, members=3, hidden=8, steps_per_update=10)
+    a = build_predictor(cfg)
+    for step in range(2):
+        b, y, _ = _task(100, step)
+        a.update(b, y)
+    test = _task(50, 7)[0]
+    test.keys = [f"s0-{i}" for i in range(50)]  # keys the Beta part has seen
+    b_ = build_predictor(cfg)
+    b_.load_state_dict(a.state_dict())
+    np.testing.assert_allclose(b_.predict(test).p, a.predict(test).p)
+    # Training continues identically (optimizer and RNG state restored).
+    nb, ny, _ = _task(60, 11)
+    a.update(nb, ny)
+    b_.update(nb, ny)
+    np.testing.assert_allclose(b_.predict(test).p, a.predict(test).p, rtol=1e-6)
+
+
+def test_hybrid_combines_shared_prior_with_key_evidence():
+    shared = EnsemblePredictor(members=3, hidden=8)
+    hyb = HybridPredictor(shared, BetaPredictor(discount=1.0), kappa_max=10.0)
+    b = AnchorBatch(keys=["p"] * 20, features=np.zeros((20, 3), np.float32))
+    prior = hyb.predict(b.select([0]))
+    assert prior.p[0] == pytest.approx(0.5)
+    hyb.update(b, np.ones(20))  # the prompt always succeeds
+    post = hyb.predict(AnchorBatch(keys=["p", "q"], features=np.zeros((2, 3), np.float32)))
+    assert post.p[0] > 0.8 and post.p[0] > post.p[1] + 0.1
+
+
+def test_beta_params_moment_matching_and_oracle():
+    pr = Prediction(p=np.array([0.3]), std=np.array([0.1]))
+    a, b = pr.beta_params(kappa_max=1e9)
+    assert a / (a + b) == pytest.approx(0.3)
+    assert np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))) == pytest.approx(0.1)
+    orc = OraclePredictor()
+    assert orc.predict(AnchorBatch(keys=["x"], true_p=np.array([0.7]))).p[0] == 0.7
+    with pytest.raises(ValueError, match="simulator"):
+        orc.predict(AnchorBatch(keys=["x"]))
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="outcomes"):
+        BetaPredictor().update(AnchorBatch(keys=["a"]), np.array([1.5]))
+    with pytest.raises(ValueError, match="shape"):
+        AnchorBatch(keys=["a", "b"], features=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="discount"):
+        BetaPredictor(discount=2.0)
+
+
+def _tree() -> RolloutTree:
+    t = RolloutTree("t", [1, 2], "who founded the blue company")
+    a = t.add_turn(ROOT, [5, 6], [7], text="search blue company", obs_text="Doc 1: Blue was founded by Ann", action_logprobs=[-0.2, -0.4], tool_calls=1)
+    t.add_turn(a, [8], [], text="<answer>Ann</answer>", action_logprobs=[-0.1])
+    return t
+
+
+def test_hashed_featurizer_is_incremental_and_deterministic():
+    fz = AnchorFeaturizer(HashedNgramEncoder(32), max_turns=4)
+    t = _tree()
+    x = fz.featurize(t, [0, 1, 2])
+    assert x.shape == (3, fz.dim) and np.all(np.isfinite(x))
+    fresh = AnchorFeaturizer(HashedNgramEncoder(32), max_turns=4).featurize(_tree(), [2])
+    np.testing.assert_array_equal(fresh[0], x[2])
+    assert not np.array_equal(x[1], x[2])
+    # Same features in a fresh interpreter (crc32 hashing, not Python's salted hash()).
+    code = (
+        "import numpy as np;from verl_trace.predictor import HashedNgramEncoder as H;"
+        "print(repr(H(32).encode(['search blue company'])[0].tolist()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == HashedNgramEncoder(32).encode(["search blue company"])[0].tolist()
+
+
+@pytest.mark.slow
+def test_embedding_featurizer_loads_local_model_offline():
+    fz = build_featurizer(PredictorConfig(featurizer="embedding"), max_turns=4)
+    x = fz.featurize(_tree(), [0, 2])
+    assert x.shape == (2, 3 * 384 + 8)
+    assert np.all(np.isfinite(x))
