@@ -1,0 +1,48 @@
+import pytest
+
+from verl_trace.metrics import effective_leaves, forest_metrics, informative_comparisons
+from verl_trace.tree import ROOT, LeafStatus, RolloutTree
+
+
+def _example() -> RolloutTree:
+    """root -> a -> {b: 1, c -> d: 0}; root -> e: 0; root -> g: 1 (docs/algorithm.md §5.1)."""
+    t = RolloutTree("ex", [1])
+    a = t.add_turn(ROOT, [11, 12], [90])
+    b = t.add_turn(a, [13])
+    c = t.add_turn(a, [14], [91])
+    d = t.add_turn(c, [15, 16])
+    e = t.add_turn(ROOT, [17])
+    g = t.add_turn(ROOT, [18, 19, 20])
+    for leaf, r in [(b, 1.0), (d, 0.0), (e, 0.0), (g, 1.0)]:
+        t.finish(leaf, r)
+    return t
+
+
+def test_informative_comparisons_count_sibling_pairs_with_different_means():
+    # Root children a (mean 0.5), e (0), g (1): three differing pairs; at a: b (1) vs c (0): one.
+    assert informative_comparisons(_example()) == 4
+
+
+def test_forest_metrics_on_the_worked_example():
+    t = _example()
+    chain = RolloutTree("flat", [1])
+    for r in (1.0, 1.0):
+        chain.finish(chain.add_turn(ROOT, [5, 6]), r)
+    m = forest_metrics([t, chain], prefix="")
+    assert m["roots"] == 2 and m["leaves"] == 6
+    assert m["mixed_root_ratio"] == 0.5
+    assert m["effective_sample_ratio"] == pytest.approx(4 / 6)  # the all-success chain tree gives zero
+    assert m["tokens_generated"] == 10 + 4
+    assert m["tokens_saved_by_sharing"] == 2  # turn a's two tokens are shared by b and d
+    assert m["branch_points"] == 1
+    assert m["informative_comparisons"] == 4
+    assert m["informative_per_1k_tokens"] == pytest.approx(4000 / 14)
+
+
+def test_failed_leaves_are_never_effective():
+    t = _example()
+    bad = t.add_turn(ROOT, [])
+    t.finish(bad, None, LeafStatus.FAILED)
+    assert effective_leaves(t) == 4
+    assert effective_leaves(t, "tree_grpo") == 4
+    assert forest_metrics([t], prefix="")["failed_leaves"] == 1

@@ -1,0 +1,94 @@
+"""Step metrics of a forest of rollout trees: one definition of each quantity, used by the
+simulator benchmark, the rollout runner and the CPU demo alike (docs/algorithm.md §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+
+from .advantage import LeafRecord, tree_grpo_leaf_advantages, tree_turn_advantages
+from .config import AdvantageConfig
+from .tree import ROOT, LeafStatus, RolloutTree
+
+Estimator = Literal["trace", "tree_grpo"]
+
+
+def effective_leaves(tree: RolloutTree, estimator: Estimator = "trace", cfg: AdvantageConfig | None = None) -> int:
+    """Leaves that receive a non-zero advantage from ``estimator`` on at least one of their turns
+    that generated tokens."""
+    cfg = cfg or AdvantageConfig()
+    leaves = tree.leaves()
+    if estimator == "tree_grpo":
+        recs = [LeafRecord(tuple(tree.path(n.node_id)), 0.0 if n.reward is None else n.reward, n.status) for n in leaves]
+        return int(np.count_nonzero(tree_grpo_leaf_advantages(recs, cfg)))
+    adv = tree_turn_advantages(tree, cfg)
+    count = 0
+    for leaf in leaves:
+        path = tree.path(leaf.node_id)[1:]
+        if any(a != 0 and tree[u].generated_tokens for u, a in zip(path, adv[leaf.node_id])):
+            count += 1
+    return count
+
+
+def informative_comparisons(tree: RolloutTree, threshold: float = 0.5) -> int:
+    """Pairs of sibling subtrees (children of one node, the root included) whose mean usable-leaf
+    rewards differ. Subtrees without a usable leaf take no part."""
+    values: dict[int, list[float]] = {}
+    for leaf in tree.leaves():
+        if leaf.status is LeafStatus.FAILED:
+            continue
+        for u in tree.path(leaf.node_id):
+            values.setdefault(u, []).append(leaf.reward)
+    total = 0
+    for node in tree.nodes:
+        means = [float(np.mean(values[c])) for c in node.children if c in values]
+        for i in range(len(means)):
+            total += sum(1 for j in range(i + 1, len(means)) if means[i] != means[j])
+    return total
+
+
+def forest_metrics(
+    trees: Iterable[RolloutTree],
+    estimator: Estimator = "trace",
+    cfg: AdvantageConfig | None = None,
+    threshold: float = 0.5,
+    prefix: str = "trace/",
+) -> dict[str, float]:
+    """Effective-sample ratio, mixed-root ratio, informative comparisons (total and per 1k
+    generated tokens), leaves per root, branch points, generated and prefix-shared tokens, leaf
+    statuses."""
+    trees = list(trees)
+    n_leaves = eff = mixed = cmp = gen = unshared = branch = failed = truncated = 0
+    per_root = []
+    for t in trees:
+        leaves = t.leaves()
+        per_root.append(len(leaves))
+        n_leaves += len(leaves)
+        eff += effective_leaves(t, estimator, cfg)
+        s, f = t.outcome_counts(ROOT, threshold)
+        mixed += int(s > 0 and f > 0)
+        cmp += informative_comparisons(t, threshold)
+        gen += t.generated_tokens()
+        unshared += t.unshared_generated_tokens()
+        branch += sum(1 for n in t.nodes if n.node_id != ROOT and len(n.children) >= 2)
+        failed += sum(1 for n in leaves if n.status is LeafStatus.FAILED)
+        truncated += sum(1 for n in leaves if n.status is LeafStatus.TRUNCATED)
+    roots = max(1, len(trees))
+    return {
+        f"{prefix}roots": float(len(trees)),
+        f"{prefix}leaves": float(n_leaves),
+        f"{prefix}leaves_per_root_mean": n_leaves / roots,
+        f"{prefix}leaves_per_root_min": float(min(per_root, default=0)),
+        f"{prefix}leaves_per_root_max": float(max(per_root, default=0)),
+        f"{prefix}effective_sample_ratio": eff / max(1, n_leaves),
+        f"{prefix}mixed_root_ratio": mixed / roots,
+        f"{prefix}informative_comparisons": float(cmp),
+        f"{prefix}informative_per_1k_tokens": 1000.0 * cmp / max(1, gen),
+        f"{prefix}branch_points": float(branch),
+        f"{prefix}tokens_generated": float(gen),
+        f"{prefix}tokens_saved_by_sharing": float(unshared - gen),
+        f"{prefix}failed_leaves": float(failed),
+        f"{prefix}truncated_leaves": float(truncated),
+    }
