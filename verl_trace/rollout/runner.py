@@ -316,9 +316,10 @@ class TreeRolloutRunner:
 
     # ------------------------------------------------------------------ grafting a run onto its tree
     def _graft(self, step: _Step, planner: TreePlanner, run: _Run) -> int:
-        """Add the run's new turns below its anchor and finish the leaf; return the leaf id. A
-        failed run keeps the turns it completed (each has its boundary snapshot) and ends in an
-        empty FAILED leaf."""
+        """Add the run's new turns below its anchor and finish the leaf; return the leaf id. A run
+        that broke off keeps the turns that reached a boundary (each has its snapshot, so it is a
+        valid anchor) and ends in an empty FAILED leaf; a finished run whose reward failed becomes
+        a FAILED leaf as it is."""
         tree = step.trees[run.launch.uid]
         anchor = run.launch.anchor
         depth = tree[anchor].depth
@@ -334,6 +335,9 @@ class TreeRolloutRunner:
             tree.prompt_ids = list(res.prompt_ids)
         turns = res.turns[depth:] if started and problem is None else []
         snaps = {} if res is None else {s.boundary: s for s in res.snapshots}
+        finished = started and res.status is not None  # the loop ran to the end (a reward may have failed)
+        if not finished:
+            turns = [t for t in turns if t.index + 1 in snaps]  # broke off: keep turns that reached a boundary
         new_ids, parent = [], anchor
         for turn in turns:
             parent = self._add_turn(tree, parent, turn, res)
@@ -346,8 +350,12 @@ class TreeRolloutRunner:
             tree.finish(leaf, run.reward, res.status)
         else:
             step.failures[run.error_kind] += 1
-            leaf = tree.add_turn(parent, [], [], action_logprobs=[], meta={"error": run.error_kind, "message": run.error})
-            new_ids.append(leaf)
+            if not (finished and turns):  # nothing ends the trajectory: an empty turn does
+                leaf = tree.add_turn(parent, [], [], action_logprobs=[])
+                new_ids.append(leaf)
+            else:  # a whole trajectory without a usable reward
+                leaf = parent
+            tree[leaf].meta.update(error=run.error_kind, message=run.error)
             tree.finish(leaf, None, LeafStatus.FAILED)
         if planner.ctx.featurize is not None:
             planner.ctx.featurize(tree, new_ids)
