@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,10 @@ class ClientStats:
 
 
 class HFLLMClient:
-    """See the module docstring. ``max_batch_size`` bounds the rows decoded together."""
+    """See the module docstring. ``max_batch_size`` bounds the rows decoded together.
+    ``decode_threads`` sets torch's intra-op threads of the decoding thread only (OpenMP keeps the
+    setting per thread): a small model decodes fastest on one thread, and more threads fight the
+    trainer and tools for a small CPU (benchmarks/rollout_hf_client.py). ``None`` keeps torch's."""
 
     def __init__(
         self,
@@ -68,6 +72,7 @@ class HFLLMClient:
         max_batch_size: int = 32,
         seed: int = 0,
         report_entropy: bool = True,
+        decode_threads: int | None = 1,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -84,6 +89,12 @@ class HFLLMClient:
         pad = tokenizer.pad_token_id
         self._pad = int(pad if pad is not None else next(iter(self._eos)))
         self._max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="hf-decode",
+            initializer=None if decode_threads is None else torch.set_num_threads,
+            initargs=() if decode_threads is None else (decode_threads,),
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
@@ -173,7 +184,7 @@ class HFLLMClient:
                 continue
             async with self._model_lock:
                 try:
-                    await asyncio.to_thread(self._decode, batch)
+                    await asyncio.get_running_loop().run_in_executor(self._executor, self._decode, batch)
                 except Exception as e:
                     for r in batch:
                         if not r.future.done():
@@ -232,39 +243,42 @@ class HFLLMClient:
             model.train(was_training)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Request]) -> torch.Tensor:
-        """Sample one token per row; append it, its logprob and the distribution's entropy."""
+        """Sample one token per row; append it, its logprob and the distribution's entropy.
+
+        Gumbel-max over the filtered log-probs, with each row's noise from its own generator:
+        exact sampling, vectorized, and a seeded request draws the same tokens in any batch."""
         temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device)
         logp = torch.log_softmax(logits / temps[:, None], dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1) if self.report_entropy else None
-        chosen = []
-        for j, r in enumerate(rows):
-            if r.temperature <= 0:
-                tok = int(logits[j].argmax())
-            else:
-                tok = int(torch.multinomial(_filtered_probs(logp[j], r.top_k, r.top_p), 1, generator=r.generator))
+        allowed = _top_k_top_p(logp, [r.top_k for r in rows], [r.top_p for r in rows])
+        noise = torch.stack([torch.rand(logp.shape[-1], generator=r.generator) for r in rows]).to(logp.device)
+        gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
+        sampled = torch.where(allowed, logp + gumbel, torch.full_like(logp, -torch.inf)).argmax(-1)
+        greedy = torch.tensor([r.temperature <= 0 for r in rows], device=logits.device)
+        tokens = torch.where(greedy, logits.argmax(-1), sampled)
+        tok_lp = logp.gather(-1, tokens[:, None])[:, 0].tolist()
+        entropy = (-(logp.exp() * logp).sum(-1)).tolist() if self.report_entropy else [0.0] * len(rows)
+        for r, tok, lp, h in zip(rows, tokens.tolist(), tok_lp, entropy):
             r.token_ids.append(tok)
             if r.logprobs:
-                r.log_probs.append(float(logp[j, tok]))
-            if entropy is not None:
-                r.entropy_sum += float(entropy[j])
-            chosen.append(tok)
-        return torch.tensor(chosen, device=logits.device)
+                r.log_probs.append(lp)
+            r.entropy_sum += h
+        return tokens
 
 
-def _filtered_probs(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Probabilities restricted to the top-k tokens and the top-p nucleus (vLLM's semantics:
-    top_k <= 0 or -1 disables it, top_p 1.0 disables it)."""
-    probs = logp.exp().cpu()
-    if 0 < top_k < probs.numel():
-        kth = torch.topk(probs, top_k).values[-1]
-        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        cum = torch.cumsum(sorted_p, 0) / sorted_p.sum()
-        drop = (cum - sorted_p / sorted_p.sum()) >= top_p  # keep the smallest prefix reaching top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return probs
+def _top_k_top_p(logp: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """Mask of the tokens each row may sample: its top-k tokens, within the smallest nucleus
+    whose probability reaches top_p (vLLM's semantics: top_k <= 0 and top_p >= 1 disable them)."""
+    vocab = logp.shape[-1]
+    ks = torch.tensor([k if 0 < k < vocab else vocab for k in top_k], device=logp.device)
+    ps = torch.tensor(top_p, device=logp.device, dtype=logp.dtype)
+    if bool((ks == vocab).all()) and bool((ps >= 1.0).all()):
+        return torch.ones_like(logp, dtype=torch.bool)
+    sorted_lp, order = logp.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab, device=logp.device)[None, :]
+    probs = sorted_lp.exp()
+    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
+    keep_sorted = (rank < ks[:, None]) & (before < ps[:, None])
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
