@@ -69,10 +69,15 @@ def assert_leaves_consistent(result, response_length):
         assert trace["status"] == leaf.status.value == tree[leaf.leaf_id].status.value
         assert len(trace["spans"]) == len(trace["path"]) - 1
         assert out.prompt_ids == tree.prompt_ids
-        assert out.response_ids == traj.response_ids and out.response_mask == traj.response_mask
-        assert out.response_logprobs == traj.response_logprobs
+        if traj.response_ids:
+            assert out.response_ids == traj.response_ids and out.response_mask == traj.response_mask
+            assert out.response_logprobs == traj.response_logprobs
+        else:  # failed before generating anything: one masked filler token
+            assert leaf.status is LeafStatus.FAILED and out.response_mask == [0] and trace["spans"] == [[0, 0]]
         assert len(out.response_ids) == len(out.response_mask) == len(out.response_logprobs) <= response_length
         assert out.reward_score is not None
+        row = out.as_dict()  # what verl's worker writes to TransferQueue
+        assert row["rm_scores"].shape == row["responses"].shape == row["rollout_log_probs"].shape
         for (s, e), nid in zip(trace["spans"], trace["path"][1:]):
             node = tree[nid]
             assert out.response_mask[s:e] == ([1] * len(node.action_ids) + [0] * len(node.obs_ids))[: e - s]
@@ -195,7 +200,10 @@ def malformed_sometimes(kit):
     return policy
 
 
-@pytest.mark.parametrize("fault", ["tool_raises", "tool_times_out", "malformed_tool_call", "engine_error", "engine_hangs", "reward_raises"])
+@pytest.mark.parametrize(
+    "fault",
+    ["tool_raises", "tool_times_out", "malformed_tool_call", "engine_error", "engine_error_first_call", "engine_hangs", "reward_raises"],
+)
 def test_faults_complete_the_tree_within_budget(rollout_kit, tokenizer, fault):
     kit = rollout_kit
     cfg = kit.make_config()
@@ -208,6 +216,15 @@ def test_faults_complete_the_tree_within_budget(rollout_kit, tokenizer, fault):
         kw["policy"] = malformed_sometimes(kit)
     elif fault == "engine_error":
         kw["policy"] = first_branch_fails(kit)
+    elif fault == "engine_error_first_call":
+        base = kit.arithmetic_policy()
+
+        def fail_first(call):
+            if call.index == 0:
+                raise RuntimeError("engine not ready (injected)")
+            return base(call)
+
+        kw["policy"] = fail_first
     elif fault == "engine_hangs":
         kw["run_timeout"] = 0.3
     elif fault == "reward_raises":
@@ -229,7 +246,12 @@ def test_faults_complete_the_tree_within_budget(rollout_kit, tokenizer, fault):
     assert_leaves_consistent(result, cfg.actor_rollout_ref.rollout.response_length)
     assert_advantages_match_trees(result)
     failed = [leaf for leaf in result.leaves if leaf.status is LeafStatus.FAILED]
-    expected_failure = {"engine_error": "engine_error", "engine_hangs": "run_timeout", "reward_raises": "reward_error"}
+    expected_failure = {
+        "engine_error": "engine_error",
+        "engine_error_first_call": "engine_error",
+        "engine_hangs": "run_timeout",
+        "reward_raises": "reward_error",
+    }
     if fault in expected_failure:
         kind = expected_failure[fault]
         assert m[f"trace/failed/{kind}"] == 1 == len(failed) == m["plan/failed"]

@@ -398,11 +398,14 @@ class TreeRolloutRunner:
             # estimator ignores the row by its status (other estimators would not: drop it there).
             nodes = [tree[i] for i in traj.path[1:]]
             num_turns = 1 + sum(1 for n in nodes if n.action_ids) + sum(1 for n in nodes if n.obs_ids)
+            ids, mask, lps = traj.response_ids, traj.response_mask, traj.response_logprobs
+            if not ids:  # failed before generating: one masked EOS, since verl cannot take an empty response
+                ids, mask, lps = [self._filler_id()], [0], None if lps is None else [0.0]
             out = AgentLoopOutput(
                 prompt_ids=list(tree.prompt_ids),
-                response_ids=traj.response_ids,
-                response_mask=traj.response_mask,
-                response_logprobs=traj.response_logprobs,
+                response_ids=ids,
+                response_mask=mask,
+                response_logprobs=lps,
                 reward_score=0.0,
                 num_turns=num_turns,
                 metrics=AgentLoopMetrics(),
@@ -410,6 +413,11 @@ class TreeRolloutRunner:
             )
         out.extra_fields["trace"] = trace
         return LeafOutput(tree.uid, leaf, status, out, error=run.error_kind)
+
+    def _filler_id(self) -> int:
+        tok = self.tokenizer
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+        return int(eos[0] if isinstance(eos, list) else eos or 0)
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, step: _Step, planner: TreePlanner, trees: dict[str, RolloutTree], seconds: float) -> dict[str, float]:
