@@ -299,3 +299,23 @@ def test_bad_input_is_named(rollout_kit, tokenizer):
     dup = [TreePrompt("p0", kit.task_row(1, 2)), TreePrompt("p0", kit.task_row(1, 2))]
     with pytest.raises(ValueError, match="duplicate uids"):
         asyncio.run(runner.run_step(planner, dup, SP))
+
+
+def test_runs_on_verls_composed_trainer_config(rollout_kit, tokenizer):
+    """The runner reads verl's real ppo_trainer config (dataclass-backed sections, nulls included)."""
+    from hydra import compose, initialize_config_module
+
+    kit = rollout_kit
+    overrides = [
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.prompt_length=512",
+        "actor_rollout_ref.rollout.response_length=256",
+        "actor_rollout_ref.rollout.multi_turn.format=hermes",
+        "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=3",
+    ]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    assert cfg.actor_rollout_ref.rollout.multi_turn.max_user_turns is None
+    result, _ = run_step(kit, tokenizer, cfg, TraceConfig(allocator="tree_random"))
+    assert result.metrics["trace/leaves"] == N_ROOTS * ROLLOUT_N
+    assert_leaves_consistent(result, 256)

@@ -276,8 +276,8 @@ class TreeRolloutRunner:
             # verl's vLLM server seeds every request alike under full_determinism; branches of one
             # prefix would then sample the same continuation. Give each run its own stable seed.
             sp["seed"] = _stable_int(f"{sp.get('seed', 0)}/{request_id}")
-        loop = self._agent_loop_cls(request_id=request_id, **self._loop_kwargs)
         async with sem:
+            loop = self._agent_loop_cls(request_id=request_id, **self._loop_kwargs)  # in the event loop, as verl requires
             coro = loop.run(sp, **row) if snapshot is None else loop.resume(snapshot, sp, **row)
             try:
                 run.output = await (asyncio.wait_for(coro, self.run_timeout) if self.run_timeout else coro)
