@@ -137,10 +137,12 @@ def test_budget_holds_for_every_allocator(rollout_kit, tokenizer, allocator):
         assert all(n.features is not None for t in result.trees.values() for n in t.nodes)
 
 
-def test_continuations_share_the_prefix_nodes_and_the_advantage_contract(rollout_kit, tokenizer):
+@pytest.mark.parametrize("schedule", ["pipelined", "rounds"])
+def test_continuations_share_the_prefix_nodes_and_the_advantage_contract(rollout_kit, tokenizer, schedule):
     kit = rollout_kit
     cfg = kit.make_config()
-    result, _ = run_step(kit, tokenizer, cfg, TraceConfig(allocator="tree_random"))
+    result, _ = run_step(kit, tokenizer, cfg, TraceConfig(allocator="tree_random", schedule=schedule))
+    assert result.metrics["trace/leaves"] == N_ROOTS * ROLLOUT_N
     branched = [n for t in result.trees.values() for n in t.nodes[1:] if len(n.children) >= 2]
     assert branched, "tree_random should branch below the root"
     tree = next(t for t in result.trees.values() if any(len(n.children) >= 2 for n in t.nodes[1:]))

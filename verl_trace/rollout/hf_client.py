@@ -3,8 +3,8 @@
 ``HFLLMClient.generate(request_id, *, prompt_ids, sampling_params, **kw) -> TokenOutput`` is what
 verl's agent loops call on ``LLMServerClient``, so the same loops (and the tree runner) run on CPU
 against a real model. Requests that arrive while the model is busy are queued and decoded together
-as one left-padded batch with a KV cache; rows leave the batch as soon as they stop, so a long
-branch does not hold short ones back.
+as one left-padded batch with a KV cache; a row leaves the batch and returns to its caller as
+soon as it stops, so a long branch does not hold short ones back.
 
 Semantics follow verl's vLLM server: ``max_tokens`` defaults to
 ``min(response_length, prompt_length + response_length - len(prompt_ids))``; generation stops at
@@ -46,6 +46,7 @@ class _Request:
     token_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     entropy_sum: float = 0.0
+    released: bool = False  # handed back to the caller (set on the decode thread)
 
 
 @dataclass
@@ -182,21 +183,24 @@ class HFLLMClient:
             batch = [r for r in batch if not r.future.done()]  # the caller was cancelled
             if not batch:
                 continue
+            self.stats.batches += 1
+            self.stats.requests += len(batch)
+            self.stats.max_batch = max(self.stats.max_batch, len(batch))
             async with self._model_lock:
                 try:
                     await asyncio.get_running_loop().run_in_executor(self._executor, self._decode, batch)
                 except Exception as e:
                     for r in batch:
-                        if not r.future.done():
-                            r.future.set_exception(e)
+                        if not r.released:
+                            _settle(r.future, e)
                     continue
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            self.stats.generated_tokens += sum(len(r.token_ids) for r in batch)
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_result(None)
+
+    def _release(self, req: _Request) -> None:
+        """A row is done (worker thread): hand it back now, not when the whole batch ends, so the
+        agent loop can run its tools while the longer rows keep decoding."""
+        req.released = True
+        self.stats.generated_tokens += len(req.token_ids)
+        self._loop.call_soon_threadsafe(_settle, req.future, None)
 
     # ------------------------------------------------------------------ decoding (worker thread)
     @torch.no_grad()
@@ -222,7 +226,12 @@ class HFLLMClient:
             next_pos = pos[:, -1] + 1
             while True:
                 tokens = self._sample(out.logits[:, -1, :].float(), rows)
-                keep = [j for j, r in enumerate(rows) if not (r.token_ids[-1] in r.stop_ids or len(r.token_ids) >= r.max_tokens)]
+                keep = []
+                for j, r in enumerate(rows):
+                    if r.token_ids[-1] in r.stop_ids or len(r.token_ids) >= r.max_tokens or r.future.done():
+                        self._release(r)  # finished, or its caller gave up (cancelled)
+                    else:
+                        keep.append(j)
                 if not keep:
                     return
                 if len(keep) < len(rows):
@@ -263,6 +272,11 @@ class HFLLMClient:
                 r.log_probs.append(lp)
             r.entropy_sum += h
         return tokens
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(None) if error is None else future.set_exception(error)
 
 
 def _top_k_top_p(logp: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
