@@ -2,7 +2,7 @@
 sequence length, and the tree runner's own overhead per leaf (scripted policy, so the engine costs
 nothing and what is left is verl's agent loop, snapshots, grafting and planning).
 
-    PYTHONPATH=$PWD nice python benchmarks/rollout_bench.py [--repeats 3] [--seed 0]
+    PYTHONPATH=$PWD nice python benchmarks/rollout_bench.py [--repeats 3] [--seed 0] [--sections client,snapshots,runner]
 
 Prints markdown tables (medians over ``--repeats``); docs/integration.md quotes a run.
 """
@@ -154,15 +154,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sections", default="client,snapshots,runner", help="comma-separated subset to run")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     from verl_trace.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer(CORPUS, vocab_size=512)
     model = build_model(tok, seed=args.seed)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads by default; seed {args.seed}, median of {args.repeats}")
-    bench_client(tok, model, args.repeats, args.seed)
-    bench_snapshots(args.repeats)
-    bench_runner(tok, args.repeats, args.seed)
+    if "client" in sections:
+        bench_client(tok, model, args.repeats, args.seed)
+    if "snapshots" in sections:
+        bench_snapshots(args.repeats)
+    if "runner" in sections:
+        bench_runner(tok, args.repeats, args.seed)
 
 
 if __name__ == "__main__":
