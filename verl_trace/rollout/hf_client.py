@@ -60,8 +60,9 @@ class ClientStats:
 class HFLLMClient:
     """See the module docstring. ``max_batch_size`` bounds the rows decoded together.
     ``decode_threads`` sets torch's intra-op threads of the decoding thread only (OpenMP keeps the
-    setting per thread): a small model decodes fastest on one thread, and more threads fight the
-    trainer and tools for a small CPU (benchmarks/rollout_hf_client.py). ``None`` keeps torch's."""
+    setting per thread; ``None`` keeps torch's): 1 by default, so decoding does not compete with the
+    agent loops' tokenization and a co-located trainer for a small CPU (docs/integration.md has
+    the measurements)."""
 
     def __init__(
         self,
