@@ -29,11 +29,11 @@ def test_forest_metrics_on_the_worked_example():
     for r in (1.0, 1.0):
         chain.finish(chain.add_turn(ROOT, [5, 6]), r)
     m = forest_metrics([t, chain], prefix="")
-    assert m["roots"] == 2 and m["leaves"] == 6
+    assert m["prompts"] == 2 and m["leaves"] == 6
     assert m["mixed_root_ratio"] == 0.5
     assert m["effective_sample_ratio"] == pytest.approx(4 / 6)  # the all-success chain tree gives zero
     assert m["tokens_generated"] == 10 + 4
-    assert m["tokens_saved_by_sharing"] == 2  # turn a's two tokens are shared by b and d
+    assert m["tokens_saved"] == 2  # turn a's two tokens are shared by b and d
     assert m["branch_points"] == 1
     assert m["informative_comparisons"] == 4
     assert m["informative_per_1k_tokens"] == pytest.approx(4000 / 14)
@@ -45,4 +45,4 @@ def test_failed_leaves_are_never_effective():
     t.finish(bad, None, LeafStatus.FAILED)
     assert effective_leaves(t) == 4
     assert effective_leaves(t, "tree_grpo") == 4
-    assert forest_metrics([t], prefix="")["failed_leaves"] == 1
+    assert forest_metrics([t], prefix="")["leaves_failed"] == 1

@@ -57,14 +57,14 @@ def forest_metrics(
     prefix: str = "trace/",
 ) -> dict[str, float]:
     """Effective-sample ratio, mixed-root ratio, informative comparisons (total and per 1k
-    generated tokens), leaves per root, branch points, generated and prefix-shared tokens, leaf
-    statuses."""
+    generated tokens), leaves per prompt, branch points below the root, generated tokens and
+    those saved by prefix sharing, leaves by status."""
     trees = list(trees)
-    n_leaves = eff = mixed = cmp = gen = unshared = branch = failed = truncated = 0
-    per_root = []
+    n_leaves = eff = mixed = cmp = gen = unshared = branch = 0
+    per_prompt, statuses = [], dict.fromkeys(LeafStatus, 0)
     for t in trees:
         leaves = t.leaves()
-        per_root.append(len(leaves))
+        per_prompt.append(len(leaves))
         n_leaves += len(leaves)
         eff += effective_leaves(t, estimator, cfg)
         s, f = t.outcome_counts(ROOT, threshold)
@@ -72,23 +72,25 @@ def forest_metrics(
         cmp += informative_comparisons(t, threshold)
         gen += t.generated_tokens()
         unshared += t.unshared_generated_tokens()
-        branch += sum(1 for n in t.nodes if n.node_id != ROOT and len(n.children) >= 2)
-        failed += sum(1 for n in leaves if n.status is LeafStatus.FAILED)
-        truncated += sum(1 for n in leaves if n.status is LeafStatus.TRUNCATED)
-    roots = max(1, len(trees))
-    return {
-        f"{prefix}roots": float(len(trees)),
+        # Branch points below the root (the root branches whenever a prompt has several chains).
+        branch += sum(1 for n in t.nodes[1:] if len(n.children) >= 2)
+        for n in leaves:
+            statuses[n.status] += 1
+    prompts = max(1, len(trees))
+    out = {
+        f"{prefix}prompts": float(len(trees)),
         f"{prefix}leaves": float(n_leaves),
-        f"{prefix}leaves_per_root_mean": n_leaves / roots,
-        f"{prefix}leaves_per_root_min": float(min(per_root, default=0)),
-        f"{prefix}leaves_per_root_max": float(max(per_root, default=0)),
+        f"{prefix}leaves_per_prompt/mean": n_leaves / prompts,
+        f"{prefix}leaves_per_prompt/min": float(min(per_prompt, default=0)),
+        f"{prefix}leaves_per_prompt/max": float(max(per_prompt, default=0)),
         f"{prefix}effective_sample_ratio": eff / max(1, n_leaves),
-        f"{prefix}mixed_root_ratio": mixed / roots,
+        f"{prefix}mixed_root_ratio": mixed / prompts,
         f"{prefix}informative_comparisons": float(cmp),
         f"{prefix}informative_per_1k_tokens": 1000.0 * cmp / max(1, gen),
         f"{prefix}branch_points": float(branch),
         f"{prefix}tokens_generated": float(gen),
-        f"{prefix}tokens_saved_by_sharing": float(unshared - gen),
-        f"{prefix}failed_leaves": float(failed),
-        f"{prefix}truncated_leaves": float(truncated),
+        f"{prefix}tokens_unshared": float(unshared),
+        f"{prefix}tokens_saved": float(unshared - gen),
     }
+    out.update({f"{prefix}leaves_{st.value}": float(n) for st, n in statuses.items()})
+    return out

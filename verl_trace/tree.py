@@ -279,16 +279,9 @@ class RolloutTree:
         return [n for n in self.nodes if len(n.children) >= 2]
 
     # ---------------------------------------------------------------- rendering
-    def render(self, leaf_id: int, max_response_len: int | None = None) -> Trajectory:
-        """Concatenate the turns on the path to ``leaf_id`` into a verl-style trajectory.
-
-        Two leaves that share a prefix render it to identical tokens, mask and logprobs, which is
-        what makes a branched continuation indistinguishable from a trajectory sampled in one go.
-        """
-        leaf = self._get(leaf_id)
-        if not leaf.terminal:
-            raise ValueError(f"node {leaf_id} of tree {self.uid} is not a leaf")
-        path = self.path(leaf_id)
+    def render_prefix(self, node_id: int) -> Trajectory:
+        """The response up to and including ``node_id``'s turn (reward and status unset)."""
+        path = self.path(node_id)
         response: list[int] = []
         mask: list[int] = []
         has_lp = all(self.nodes[i].action_logprobs is not None for i in path[1:])
@@ -302,20 +295,25 @@ class RolloutTree:
             if logprobs is not None:
                 logprobs += n.action_logprobs + [0.0] * len(n.obs_ids)
             spans.append((start, len(response)))
-        if max_response_len is not None and len(response) > max_response_len:
-            response, mask = response[:max_response_len], mask[:max_response_len]
-            logprobs = None if logprobs is None else logprobs[:max_response_len]
-            spans = [(s, min(e, max_response_len)) for s, e in spans if s < max_response_len]
-        return Trajectory(
-            prompt_ids=list(self.prompt_ids),
-            response_ids=response,
-            response_mask=mask,
-            response_logprobs=logprobs,
-            turn_spans=spans,
-            path=path,
-            reward=leaf.reward,
-            status=leaf.status,
-        )
+        return Trajectory(list(self.prompt_ids), response, mask, logprobs, spans, path, None, None)
+
+    def render(self, leaf_id: int, max_response_len: int | None = None) -> Trajectory:
+        """Concatenate the turns on the path to ``leaf_id`` into a verl-style trajectory.
+
+        Two leaves that share a prefix render it to identical tokens, mask and logprobs, which is
+        what makes a branched continuation indistinguishable from a trajectory sampled in one go.
+        """
+        leaf = self._get(leaf_id)
+        if not leaf.terminal:
+            raise ValueError(f"node {leaf_id} of tree {self.uid} is not a leaf")
+        tr = self.render_prefix(leaf_id)
+        tr.reward, tr.status = leaf.reward, leaf.status
+        if max_response_len is not None and len(tr.response_ids) > max_response_len:
+            m = max_response_len
+            tr.response_ids, tr.response_mask = tr.response_ids[:m], tr.response_mask[:m]
+            tr.response_logprobs = None if tr.response_logprobs is None else tr.response_logprobs[:m]
+            tr.turn_spans = [(a, min(b, m)) for a, b in tr.turn_spans if a < m]
+        return tr
 
     # ---------------------------------------------------------------- serialization
     def to_dict(self, with_features: bool = False) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from verl.experimental.agent_loop.agent_loop import (
     ToolListWrap,
 )
 
-from ..advantage import tree_turn_advantages
 from ..allocation import Budget, Issued, TreePlanner, build_allocator, new_planner
 from ..config import TraceConfig
+from ..metrics import forest_metrics
 from ..predictor import AnchorFeaturizer, Predictor
 from ..tree import ROOT, LeafStatus, RolloutTree
 from .agent_loop import AgentSnapshot, LoopResult, TraceToolAgentLoop, TurnRecord
@@ -421,32 +421,7 @@ class TreeRolloutRunner:
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, step: _Step, planner: TreePlanner, trees: dict[str, RolloutTree], seconds: float) -> dict[str, float]:
-        m: dict[str, float] = {}
-        leaves = [leaf for t in trees.values() for leaf in t.leaves()]
-        per_prompt = np.array([len(t.leaves()) for t in trees.values()] or [0], dtype=np.float64)
-        generated = sum(t.generated_tokens() for t in trees.values())
-        unshared = sum(t.unshared_generated_tokens() for t in trees.values())
-        thr = planner.ctx.threshold
-        mixed, effective = 0, 0
-        adv_cfg = planner.cfg.advantage
-        for t in trees.values():
-            usable = [n.reward for n in t.leaves() if n.status is not LeafStatus.FAILED]
-            mixed += int(any(r >= thr for r in usable) and any(r < thr for r in usable))
-            effective += sum(int(np.any(a != 0)) for a in tree_turn_advantages(t, adv_cfg).values())
-        m["trace/prompts"] = float(len(trees))
-        m["trace/leaves"] = float(len(leaves))
-        m["trace/leaves_per_prompt/mean"] = float(per_prompt.mean())
-        m["trace/leaves_per_prompt/min"] = float(per_prompt.min())
-        m["trace/leaves_per_prompt/max"] = float(per_prompt.max())
-        # Branch points below the root (the root branches whenever a prompt has several chains).
-        m["trace/branch_points"] = float(sum(len(n.children) >= 2 for t in trees.values() for n in t.nodes[1:]))
-        m["trace/tokens_generated"] = float(generated)
-        m["trace/tokens_unshared"] = float(unshared)
-        m["trace/tokens_saved"] = float(unshared - generated)
-        m["trace/mixed_root_ratio"] = mixed / max(1, len(trees))
-        m["trace/effective_sample_ratio"] = effective / max(1, len(leaves))
-        for status in LeafStatus:
-            m[f"trace/leaves_{status.value}"] = float(sum(n.status is status for n in leaves))
+        m = forest_metrics(trees.values(), "trace", planner.cfg.advantage, planner.ctx.threshold, prefix="trace/")
         for kind, n in step.failures.items():
             m[f"trace/failed/{kind}"] = float(n)
         for kind, n in step.tool_errors.items():
@@ -471,13 +446,8 @@ def _replay_problem(tree: RolloutTree, anchor: int, res: LoopResult) -> str | No
     path = tree.path(anchor)[1:]
     if not path:
         return None
-    ids, mask, lps = [], [], []
-    for i in path:
-        n = tree[i]
-        ids += n.action_ids + n.obs_ids
-        mask += [1] * len(n.action_ids) + [0] * len(n.obs_ids)
-        if n.action_logprobs is not None:
-            lps += n.action_logprobs + [0.0] * len(n.obs_ids)
+    prefix = tree.render_prefix(anchor)
+    ids, mask, lps = prefix.response_ids, prefix.response_mask, prefix.response_logprobs or []
     k = len(ids)
     if res.response_ids[:k] != ids or list(res.response_mask[:k]) != mask:
         return f"replayed prefix of node {anchor} differs from the tree (tokens or mask)"
