@@ -10,6 +10,7 @@ the allocator turns into a Beta prior.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -133,7 +134,8 @@ class EnsemblePredictor(Predictor):
             "dim": self.dim,
             "updates": self.updates,
             "params": {k: v.detach().clone() for k, v in self.params.items()},
-            "optimizer": None if self._opt is None else self._opt.state_dict(),
+            # torch's optimizer state_dict holds the live moment tensors: snapshot them.
+            "optimizer": None if self._opt is None else copy.deepcopy(self._opt.state_dict()),
             "buffer_x": self._bx.copy(),
             "buffer_y": self._by.copy(),
             "mu": None if self._mu is None else self._mu.copy(),
@@ -155,7 +157,7 @@ class EnsemblePredictor(Predictor):
                 for k, v in state["params"].items():
                     self.params[k].copy_(torch.as_tensor(v))
             if state["optimizer"] is not None:
-                self._opt.load_state_dict(state["optimizer"])
+                self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))  # never alias the caller's tensors
         self._bx = np.asarray(state["buffer_x"], np.float32)
         self._by = np.asarray(state["buffer_y"], np.float32)
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)
