@@ -115,7 +115,10 @@ def _stop(ray, trainer):
 
 @pytest.mark.slow
 def test_checkpoint_round_trip_and_restart(ray_session, tiny_model_dir, tmp_path):
-    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
+    from verl.utils.checkpoint.checkpoint_manager import (
+        find_latest_ckpt_path,
+        get_checkpoint_tracker_filename,
+    )
 
     from verl_trace.predictor_service import PREDICTOR_ACTOR_NAME, RemotePredictor, get_predictor_actor
 
