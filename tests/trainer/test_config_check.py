@@ -63,6 +63,7 @@ def test_grpo_through_main_trace_needs_no_trace_rollout():
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
         (["actor_rollout_ref.rollout.agent.default_agent_loop=tool_agent"], "actor_rollout_ref.rollout.agent.default_agent_loop"),
         (["actor_rollout_ref.rollout.agent.agent_loop_manager_class=null"], "actor_rollout_ref.rollout.agent.agent_loop_manager_class"),
+        (["reward.reward_model.enable=true"], "reward.reward_model.enable"),  # no streaming rewards
         (["trace.max_turns=5"], "trace.max_turns"),  # deeper than max_assistant_turns=3
         (["actor_rollout_ref.rollout.multi_turn.max_assistant_turns=null"], "trace.max_turns"),
         (["trace.allocator=tree_random", "trace.allocation.pool_factor=2"], "trace.allocation.pool_factor"),

@@ -78,6 +78,12 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
                 f"trainer.v1.trainer_mode: TRACE plans each step's trees on-policy and runs in the 'sync' trainer "
                 f"only, got {mode!r}"
             )
+        if sel("reward.reward_model.enable") and not sel("reward.reward_model.enable_resource_pool"):
+            errors.append(
+                "reward.reward_model.enable: a colocated reward model scores trajectories only after the step's "
+                "rollout, but TRACE allocates from each leaf's reward during the rollout; give the reward model "
+                "its own pool (reward.reward_model.enable_resource_pool=true) or use a rule-based reward"
+            )
         loop = sel("actor_rollout_ref.rollout.agent.default_agent_loop")
         if loop != TRACE_AGENT_LOOP:
             errors.append(
