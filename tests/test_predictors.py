@@ -166,3 +166,28 @@ def test_embedding_featurizer_loads_local_model_offline():
     x = fz.featurize(_tree(), [0, 2])
     assert x.shape == (2, 3 * 384 + 8)
     assert np.all(np.isfinite(x))
+
+
+def _snapshot_batch(seed: int) -> tuple[AnchorBatch, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    return AnchorBatch(keys=[f"k{i}" for i in range(64)], features=x), (x[:, 0] > 0).astype(float)
+
+
+def test_state_dict_is_a_snapshot_not_live_optimizer_tensors():
+    a = EnsemblePredictor(members=3, hidden=8, steps_per_update=5, seed=1)
+    a.update(*_snapshot_batch(0))
+    state = a.state_dict()
+    b, c = EnsemblePredictor(members=3, hidden=8, steps_per_update=5), EnsemblePredictor(members=3, hidden=8, steps_per_update=5)
+    b.load_state_dict(state)
+    a.update(*_snapshot_batch(1))  # training the original must not touch the snapshot...
+    c.load_state_dict(state)
+    probe, _ = _snapshot_batch(2)
+    assert np.array_equal(b.predict(probe).p, c.predict(probe).p)
+    b.update(*_snapshot_batch(1))  # ...and a restored copy continues exactly like the original did
+    assert np.array_equal(a.predict(probe).p, b.predict(probe).p)
+    c.update(*_snapshot_batch(3))  # nor may two restored copies share optimizer tensors
+    b2 = EnsemblePredictor(members=3, hidden=8, steps_per_update=5)
+    b2.load_state_dict(state)
+    b2.update(*_snapshot_batch(1))
+    assert np.array_equal(b.predict(probe).p, b2.predict(probe).p)

@@ -45,7 +45,8 @@ def test_render_truncates_to_response_length():
     tr = t.render(4, max_response_len=6)
     assert tr.response_ids == [1, 2, 3, 90, 91, 6]
     assert tr.response_mask == [1, 1, 1, 0, 0, 1]
-    assert tr.turn_spans == [(0, 5), (5, 6)]
+    assert tr.turn_spans == [(0, 5), (5, 6), (6, 6)]  # one span per turn on the path
+    assert len(tr.turn_spans) == len(tr.path) - 1
 
 
 def test_counts_tokens_and_outcomes():

@@ -312,7 +312,8 @@ class RolloutTree:
             m = max_response_len
             tr.response_ids, tr.response_mask = tr.response_ids[:m], tr.response_mask[:m]
             tr.response_logprobs = None if tr.response_logprobs is None else tr.response_logprobs[:m]
-            tr.turn_spans = [(a, min(b, m)) for a, b in tr.turn_spans if a < m]
+            # Turns cut off entirely keep an empty span, so spans stay aligned with the path.
+            tr.turn_spans = [(min(a, m), min(b, m)) for a, b in tr.turn_spans]
         return tr
 
     # ---------------------------------------------------------------- serialization
