@@ -10,7 +10,7 @@ titled with the entity found so far, and that entity's name is the query that re
 
 World: countries (each with a capital), cities (each in a country), persons (each born in a
 city; some found a company), companies (founded by a person, headquartered in a city), and
-landmarks named after cities (distractor passages). Person names share given names, so a query
+landmarks named after cities and products named after companies (distractor passages). Person names share given names, so a query
 for one person also hits namesakes.
 
 Outputs, in ``--out``:
@@ -41,6 +41,7 @@ COMPANY_SUFFIX = ["ix", "tek", "ova", "ant", "corp"]
 LANDMARKS = ["Tower", "Bridge", "Market", "Harbor", "Museum", "Park", "Arena"]
 FEATURES = ["its river markets", "its glass workshops", "its old harbor", "its stone bridges",
             "its spring fair", "its tea gardens", "its clock towers", "its salt mines"]
+PRODUCTS = ["Lamp", "Engine", "Radio", "Clock", "Kettle", "Compass", "Loom"]
 PROFESSIONS = ["painter", "sailor", "teacher", "engineer", "poet", "doctor", "baker", "judge", "pilot",
                "farmer"]
 
@@ -60,6 +61,7 @@ class World:
     company_of: dict[str, str] = field(default_factory=dict)  # person -> company
     headquarters: dict[str, str] = field(default_factory=dict)  # company -> city
     landmarks: list[tuple[str, str, int]] = field(default_factory=list)  # (name, city, year)
+    products: list[tuple[str, str, int]] = field(default_factory=list)  # (name, company, year)
     city_feature: dict[str, str] = field(default_factory=dict)
     doc_id: dict[str, str] = field(default_factory=dict)  # entity -> passage id
 
@@ -112,6 +114,8 @@ def build_world(rng: random.Random) -> World:
     for city in rng.sample(cities, len(cities) * 3 // 4):
         for kind in rng.sample(LANDMARKS, rng.choice([1, 2])):
             w.landmarks.append((f"{city} {kind}", city, rng.randrange(1200, 1990)))
+    for company in rng.sample(sorted(w.founder), len(w.founder) * 2 // 3):
+        w.products.append((f"{company} {rng.choice(PRODUCTS)}", company, rng.randrange(1800, 2020)))
     return w
 
 
@@ -133,6 +137,9 @@ def passages(w: World) -> list[dict]:
     for i, (name, city, year) in enumerate(w.landmarks):
         kind = name.rsplit(" ", 1)[1].lower()
         docs.append((f"landmark-{i:03d}", name, f"The {kind} was built in {year} in {city}."))
+    for i, (name, company, year) in enumerate(w.products):
+        kind = name.rsplit(" ", 1)[1].lower()
+        docs.append((f"product-{i:03d}", name, f"The {kind} was first sold in {year} by {company}."))
     for doc_id, title, _ in docs:
         w.doc_id.setdefault(title, doc_id)
     return [{"id": doc_id, "contents": f'"{title}"\n{text}'} for doc_id, title, text in docs]

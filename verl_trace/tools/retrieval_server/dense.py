@@ -48,7 +48,9 @@ class Encoder:
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
         self.model = SentenceTransformer(str(resolve_model_path(model)), device=device, local_files_only=True)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension (kept for older versions).
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_fn())
         self._lock = threading.Lock()
 
     def options(self) -> dict[str, str]:
