@@ -37,7 +37,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 MINI_DIR = Path(__file__).resolve().parent / "data" / "mini"
-MINI_SOURCE = "mini_multihop"
 
 SYSTEM = "You are a helpful and harmless assistant."
 INSTRUCTION = (
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.mini == bool(args.input):
         p.error("give either --mini or at least one --input")
-    jobs = ([(split, [MINI_DIR / f"{split}.jsonl"], MINI_SOURCE) for split in ("train", "test")] if args.mini
+    jobs = ([(split, [MINI_DIR / f"{split}.jsonl"], args.data_source) for split in ("train", "test")] if args.mini
             else [(args.split, args.input, args.data_source)])
     try:
         for split, inputs, source in jobs:

@@ -105,6 +105,7 @@ def _load_script(name: str):
 
     spec = importlib.util.spec_from_file_location(f"search_r1_{name}", ROOT / "recipes" / "search_r1" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -41,8 +41,8 @@ def extract_answer(solution_str: str) -> str | None:
 
 
 def format_ok(solution_str: str) -> bool:
-    """Well-formed: ``<think>``/``<answer>`` tags open and close in order without nesting, at least
-    one non-empty answer, and nothing but whitespace after the final ``</answer>``."""
+    """Well-formed: ``<think>``/``<answer>`` tags open and close in order without nesting, exactly
+    one answer block, non-empty, and nothing but whitespace after its ``</answer>``."""
     open_tag = None
     for m in _TAG.finditer(solution_str):
         closing, name = m.group(0).startswith("</"), m.group(1)
@@ -51,8 +51,8 @@ def format_ok(solution_str: str) -> bool:
         open_tag = None if closing else name
     if open_tag is not None:
         return False
-    answer = extract_answer(solution_str)
-    return bool(answer) and solution_str.rstrip().endswith("</answer>")
+    answers = _ANSWER.findall(solution_str)
+    return len(answers) == 1 and bool(answers[0].strip()) and solution_str.rstrip().endswith("</answer>")
 
 
 def em_score(prediction: str, targets: list[str]) -> float:
