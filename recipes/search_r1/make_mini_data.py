@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     summary = generate(args.out, args.seed)
     if not args.no_recall:
-        records = [json.loads(line) for f in ("train.jsonl", "test.jsonl") for line in open(args.out / f)]
+        records = [json.loads(line) for f in ("train.jsonl", "test.jsonl") for line in (args.out / f).read_text().splitlines()]
         summary["bm25_recall@3"] = bm25_recall(args.out / "corpus.jsonl", records)
     json.dump(summary, sys.stdout, indent=2)
     print()

@@ -69,12 +69,12 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def mini_records() -> list[dict]:
-    return [json.loads(line) for split in ("train", "test") for line in open(MINI / f"{split}.jsonl")]
+    return [json.loads(line) for split in ("train", "test") for line in (MINI / f"{split}.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")
 def mini_corpus_rows() -> list[dict]:
-    return [json.loads(line) for line in open(MINI / "corpus.jsonl")]
+    return [json.loads(line) for line in (MINI / "corpus.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")

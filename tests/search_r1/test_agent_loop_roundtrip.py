@@ -28,6 +28,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
 from verl_trace.tiny import build_tokenizer
+from verl_trace.tools.search_tool import close_shared_sessions
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,10 @@ async def rollout_and_score(rows, records, tokenizer, tools) -> list[tuple]:
                          "extra_info": np.array([dict(row["extra_info"])], dtype=object)})
         return out, await reward.run_single(data)
 
-    return await asyncio.gather(*(one(row) for row in rows))
+    try:
+        return await asyncio.gather(*(one(row) for row in rows))
+    finally:
+        await close_shared_sessions()
 
 
 def tools_for(url: str, monkeypatch) -> list:

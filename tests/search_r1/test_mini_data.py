@@ -53,7 +53,7 @@ def test_test_persons_and_companies_never_occur_in_training_questions(mini_recor
 
 def test_bm25_finds_every_hop_in_the_top_3(make_mini):
     mini = Path(make_mini.__file__).parent / "data" / "mini"
-    records = [json.loads(line) for name in ("train.jsonl", "test.jsonl") for line in open(mini / name)]
+    records = [json.loads(line) for name in ("train.jsonl", "test.jsonl") for line in (mini / name).read_text().splitlines()]
     recall = make_mini.bm25_recall(mini / "corpus.jsonl", records)
     print("BM25 recall@3:", recall)
     assert recall["entity_query"] >= 0.99

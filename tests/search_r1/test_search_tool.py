@@ -11,7 +11,7 @@ import pytest
 from verl.experimental.agent_loop.tool_agent_loop import AgentData
 from verl.tools.tool_registry import initialize_tools_from_config
 
-from verl_trace.tools.search_tool import SearchTool
+from verl_trace.tools.search_tool import SearchTool, close_shared_sessions
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,18 @@ TOOL_YAML = Path(__file__).resolve().parents[2] / "recipes" / "search_r1" / "con
 
 def make_tool(url: str, **config) -> SearchTool:
     return SearchTool({"type": "native", "retrieval_service_url": url, **config}, None)
+
+
+def run(coro):
+    """asyncio.run, closing the tool's shared HTTP sessions before the loop ends."""
+
+    async def main():
+        try:
+            return await coro
+        finally:
+            await close_shared_sessions()
+
+    return asyncio.run(main())
 
 
 async def call(tool: SearchTool, parameters, agent_data=None):
@@ -65,7 +77,7 @@ def test_url_without_path_gets_the_retrieve_endpoint_and_default_schema():
 def test_observation_is_search_r1_text_with_the_gold_passage(server, mini_records):
     tool = make_tool(server.url)
     hop = mini_records[700]["metadata"]["chain"][0]
-    response, reward, metrics = asyncio.run(call(tool, {"query_list": [hop["query"]]}))
+    response, reward, metrics = run(call(tool, {"query_list": [hop["query"]]}))
     lines = response.text.split("\n")
     assert len(lines) == 3 and lines[0].startswith(f'Doc 1(Title: "{hop["query"]}") ')
     assert hop["finds"] in lines[0] and lines[1].startswith("Doc 2(Title: ")
@@ -76,20 +88,20 @@ def test_observation_is_search_r1_text_with_the_gold_passage(server, mini_record
 
 def test_several_queries_a_string_query_limits_and_truncation(server):
     tool = make_tool(server.url, max_queries=2, max_doc_chars=40, topk=1)
-    response, _, metrics = asyncio.run(call(tool, {"query_list": ["Kogridale", "  ", "Fotreia", "Gemmar"]}))
+    response, _, metrics = run(call(tool, {"query_list": ["Kogridale", "  ", "Fotreia", "Gemmar"]}))
     assert response.text.startswith("(Only the first 2 of 3 queries were searched.)")
     assert '\nResults for "Kogridale":\nDoc 1(Title: "Kogridale")' in response.text
     assert '\n\nResults for "Fotreia":\nDoc 1(Title: "Fotreia")' in response.text
     assert all(line.endswith(" ...") for line in response.text.split("\n") if line.startswith("Doc"))
     assert metrics["search_queries"] == 2
-    single, _, _ = asyncio.run(call(tool, {"query_list": "Kogridale"}))
+    single, _, _ = run(call(tool, {"query_list": "Kogridale"}))
     assert single.text.startswith('Doc 1(Title: "Kogridale")')
 
 
 @pytest.mark.parametrize("params", [{}, {"query_list": 5}, {"query_list": [1, "a"]}, {"query_list": ["", " "]},
                                     {"queries": ["Kogridale"]}])
 def test_malformed_arguments_give_an_error_observation(server, params):
-    response, _, metrics = asyncio.run(call(make_tool(server.url), params))
+    response, _, metrics = run(call(make_tool(server.url), params))
     assert response.text.startswith("Search error: 'query_list'")
     assert metrics["search_errors"] == 1 and metrics["search_attempts"] == 0
 
@@ -101,22 +113,22 @@ def test_frozen_then_killed_server_gives_error_observations_and_counts(start_ser
     data = agent_data()
     proc.signal(signal.SIGSTOP)
     try:
-        frozen, _, metrics = asyncio.run(call(tool, {"query_list": ["Kogridale"]}, data))
+        frozen, _, metrics = run(call(tool, {"query_list": ["Kogridale"]}, data))
     finally:
         proc.signal(signal.SIGCONT)
     assert frozen.text.startswith("Search error: the retrieval service failed (no answer within 0.5s after 2")
     assert metrics["search_timeouts"] == 1 and metrics["search_attempts"] == 2
 
-    recovered, _, metrics = asyncio.run(call(tool, {"query_list": ["Kogridale"]}, data))
+    recovered, _, metrics = run(call(tool, {"query_list": ["Kogridale"]}, data))
     assert recovered.text.startswith('Doc 1(Title: "Kogridale")') and metrics["search_errors"] == 0
 
     proc.signal(signal.SIGKILL)
     proc.proc.wait(timeout=10)
     tool = make_tool(proc.url, timeout=5, max_retries=2, backoff=0.05)
     start = time.monotonic()
-    killed, reward, metrics = asyncio.run(call(tool, {"query_list": ["Kogridale"]}, data))
+    killed, reward, metrics = run(call(tool, {"query_list": ["Kogridale"]}, data))
     assert time.monotonic() - start < 5
-    assert killed.text.startswith("Search error: the retrieval service failed (Connect")
+    assert killed.text.startswith("Search error: the retrieval service failed (ClientConnectorError")
     assert "after 3 attempt(s)" in killed.text and reward == 0.0
     assert metrics["search_errors"] == 1 and metrics["search_attempts"] == 3 and metrics["search_timeouts"] == 0
     assert data.extra_fields == {"search_calls": 3, "search_errors": 2, "search_timeouts": 1}
@@ -124,7 +136,7 @@ def test_frozen_then_killed_server_gives_error_observations_and_counts(start_ser
 
 def test_a_refused_request_is_not_retried(server):
     tool = make_tool(server.url, max_queries=2000)
-    response, _, metrics = asyncio.run(call(tool, {"query_list": [f"q{i}" for i in range(1025)]}))
+    response, _, metrics = run(call(tool, {"query_list": [f"q{i}" for i in range(1025)]}))
     assert "HTTP 422" in response.text and "queries" in response.text
     assert metrics["search_attempts"] == 1 and metrics["search_errors"] == 1
 
@@ -140,4 +152,4 @@ def test_many_concurrent_calls_share_one_limited_pool(server, mini_records):
         outs = await asyncio.gather(*(call(tools[i % 2], {"query_list": [q]}) for i, q in enumerate(queries)))
         return [o[0].text for o in outs]
 
-    assert asyncio.run(concurrent()) == asyncio.run(sequential())
+    assert run(concurrent()) == run(sequential())

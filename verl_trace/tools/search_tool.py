@@ -22,18 +22,22 @@ counters accumulate per trajectory in ``agent_data.extra_fields`` (verl's ``Tool
 drops the metrics dict, ``extra_fields`` reaches the batch).
 
 All ``SearchTool`` instances of a process share one HTTP connection pool and one concurrency
-limit per server URL (per event loop: verl runs one loop per agent-loop worker process).
+limit per server URL (per event loop: verl runs one loop per agent-loop worker process). The
+client is aiohttp, not httpx: at 64 concurrent requests httpx's pool collapsed to a tenth of
+aiohttp's throughput here (encode/httpx#3215; numbers in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import weakref
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
@@ -77,10 +81,10 @@ class SearchToolConfig(BaseModel):
     @field_validator("retrieval_service_url")
     @classmethod
     def _endpoint(cls, url: str) -> str:
-        parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"must be an http(s) URL, got {url!r}")
-        return str(parsed.copy_with(path="/retrieve")) if parsed.path in ("", "/") else url
+        return urlunsplit(parsed._replace(path="/retrieve")) if parsed.path in ("", "/") else url
 
 
 class _SearchFailed(Exception):
@@ -93,13 +97,20 @@ class _SearchFailed(Exception):
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
 
 
-def _pool(cfg: SearchToolConfig) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+def _pool(cfg: SearchToolConfig) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
     per_loop = _POOLS.setdefault(asyncio.get_running_loop(), {})
     key = (cfg.retrieval_service_url, cfg.max_concurrency)
-    if key not in per_loop:
-        limits = httpx.Limits(max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency)
-        per_loop[key] = (httpx.AsyncClient(limits=limits), asyncio.Semaphore(cfg.max_concurrency))
+    if key not in per_loop or per_loop[key][0].closed:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cfg.max_concurrency))
+        per_loop[key] = (session, asyncio.Semaphore(cfg.max_concurrency))
     return per_loop[key]
+
+
+async def close_shared_sessions() -> None:
+    """Close this event loop's HTTP sessions (verl's workers never need to; tests and scripts that
+    run many short event loops call it before each loop ends)."""
+    for session, _ in _POOLS.pop(asyncio.get_running_loop(), {}).values():
+        await session.close()
 
 
 def format_passages(results: list[dict], max_doc_chars: int) -> str:
@@ -182,34 +193,35 @@ class SearchTool(BaseTool):
 
     async def _retrieve(self, queries: list[str], metrics: dict[str, float]) -> list[list[dict]]:
         cfg = self.settings
-        client, gate = _pool(cfg)
+        session, gate = _pool(cfg)
         payload = {"queries": queries, "topk": cfg.topk, "return_scores": True}
+        timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         failure = _SearchFailed("error", "no attempt made")
         for attempt in range(cfg.max_retries + 1):
             if attempt:
                 await asyncio.sleep(cfg.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
             metrics["search_attempts"] += 1
             try:
-                async with gate:
-                    resp = await client.post(cfg.retrieval_service_url, json=payload, timeout=cfg.timeout)
-            except httpx.TimeoutException:
+                async with gate, session.post(cfg.retrieval_service_url, json=payload, timeout=timeout) as resp:
+                    status, body = resp.status, await resp.read()
+            except TimeoutError:
                 failure = _SearchFailed("timeout", f"no answer within {cfg.timeout:g}s")
                 continue
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 failure = _SearchFailed("connection", f"{type(exc).__name__}: {exc}".rstrip(": "))
                 continue
-            if resp.status_code >= 500 or resp.status_code == 429:
-                failure = _SearchFailed("http", f"HTTP {resp.status_code}")
+            if status >= 500 or status == 429:
+                failure = _SearchFailed("http", f"HTTP {status}")
                 continue
-            if resp.status_code >= 400:  # our request is wrong; retrying will not help
-                raise _SearchFailed("http", f"HTTP {resp.status_code}: {resp.text[:300]}")
-            return self._results(resp, len(queries))
+            if status >= 400:  # our request is wrong; retrying will not help
+                raise _SearchFailed("http", f"HTTP {status}: {body[:300].decode(errors='replace')}")
+            return self._results(body, len(queries))
         raise _SearchFailed(failure.kind, f"{failure} after {cfg.max_retries + 1} attempt(s)")
 
     @staticmethod
-    def _results(resp: httpx.Response, n_queries: int) -> list[list[dict]]:
+    def _results(body: bytes, n_queries: int) -> list[list[dict]]:
         try:
-            results = resp.json()["result"]
+            results = json.loads(body)["result"]
         except (ValueError, KeyError, TypeError):
             raise _SearchFailed("protocol", "response is not {\"result\": [...]}") from None
         if (not isinstance(results, list) or len(results) != n_queries
