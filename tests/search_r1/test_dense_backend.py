@@ -33,3 +33,11 @@ def test_dense_index_finds_titles_and_round_trips_through_disk(tmp_path, mini_co
     with pytest.raises(IndexMismatchError, match="query_prefix"):
         open_backend(corpus, BackendOptions(backend="dense", passage_prefix="passage: "), tmp_path / "index",
                      progress=False)
+
+    # a prebuilt faiss index (e.g. Search-R1's e5_Flat.index) is served as is, after a row-count check
+    prebuilt = BackendOptions(backend="dense", query_prefix="query: ", faiss_index=str(tmp_path / "index" / "dense.faiss"))
+    served = open_backend(corpus, prebuilt)
+    assert [h.row for h in served.search(queries[:1], 3)[0]] == [h.row for h in hits[0]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:50]))
+    with pytest.raises(IndexMismatchError, match="100 vectors for a corpus of 50 passages"):
+        open_backend(Corpus.open(path, progress=False), prebuilt)

@@ -7,15 +7,19 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from verl_trace.tools.retrieval_server.build import BackendOptions, open_backend
 from verl_trace.tools.retrieval_server.corpus import Corpus, CorpusError, split_title
-from verl_trace.tools.retrieval_server.index import IndexMismatchError
+from verl_trace.tools.retrieval_server.index import IndexMismatchError, top_hits
 
 pytestmark = pytest.mark.slow
+
+ROOT_CORPUS = Path(__file__).resolve().parents[2] / "recipes" / "search_r1" / "data" / "mini" / "corpus.jsonl"
 
 
 def retrieve(server, body, **kw) -> httpx.Response:
@@ -150,3 +154,17 @@ def test_server_refuses_a_bad_corpus_with_exit_code_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "verl_trace.tools.retrieval_server", "--corpus", str(path),
                            "--no-progress"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "bad.jsonl:2: field 'contents' must be a string" in done.stderr
+
+
+def test_posting_list_scoring_equals_bm25s_full_scoring(mini_records):
+    """The server scores only posting-list documents for rare terms; results (ties by row) must be
+    exactly bm25s's full-corpus scoring."""
+    corpus = Corpus.open(ROOT_CORPUS, progress=False)
+    backend = open_backend(corpus, BackendOptions(), progress=False)
+    queries = [h["query"] for r in mini_records[::7] for h in r["metadata"]["chain"]]
+    queries += [r["question"] for r in mini_records[::11]] + ["city", "born in a city", "the museum was built"]
+    ids = [[backend.vocab[s] for s in backend.analyzer(q) if s in backend.vocab] for q in queries]
+    reference = [top_hits(np.asarray(backend.retriever.get_scores_from_ids(i)), 5, min_score=0.0) for i in ids]
+    assert backend.search(queries, 5) == reference
+    postings = [int(np.diff(backend.retriever.scores["indptr"])[i].sum()) for i in ids]
+    assert min(postings) < len(corpus) // 16 < max(postings)  # both scoring paths were taken

@@ -22,6 +22,7 @@ from .index import Hit, top_hits
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _ANALYZER_FILE = "analyzer.json"
+_SPARSE_FRACTION = 16  # score sparsely while the postings touched are under 1/16 of the corpus
 
 
 class Analyzer:
@@ -84,9 +85,20 @@ class BM25Backend:
         results = []
         for query in queries:
             ids = [self.vocab[s] for s in self.analyzer(query) if s in self.vocab]
-            if not ids:
-                results.append([])
-                continue
-            scores = self.retriever.get_scores_from_ids(ids)
-            results.append(top_hits(np.asarray(scores), k, min_score=0.0))
+            results.append(self._search_ids(np.asarray(ids, dtype=np.int64), k) if ids else [])
         return results
+
+    def _search_ids(self, ids: np.ndarray, k: int) -> list[Hit]:
+        """Score only the documents on the query terms' posting lists when they are few (entity-name
+        queries): no pass over all documents. Frequent terms fall back to bm25s's dense scoring."""
+        index = self.retriever.scores
+        starts, ends = index["indptr"][ids], index["indptr"][ids + 1]
+        postings = int((ends - starts).sum())
+        if postings > self.num_docs // _SPARSE_FRACTION:
+            return top_hits(np.asarray(self.retriever.get_scores_from_ids(ids.tolist())), k, min_score=0.0)
+        docs = np.concatenate([index["indices"][s:e] for s, e in zip(starts, ends)])
+        weights = np.concatenate([index["data"][s:e] for s, e in zip(starts, ends)])
+        rows, slot = np.unique(docs, return_inverse=True)
+        scores = np.zeros(len(rows), dtype=weights.dtype)
+        np.add.at(scores, slot, weights)  # same terms, same order, same dtype as bm25s: identical scores
+        return top_hits(scores, k, rows=rows, min_score=0.0)

