@@ -131,12 +131,14 @@ class ServerRun:
         self._thread.start()
 
     def _sample(self) -> None:
-        while not self._stop.wait(1.0):
+        while True:
             try:
                 rss = sum(p.memory_info().rss for p in [self._ps, *self._ps.children(recursive=True)])
             except psutil.Error:
                 return
             self.rss.append((time.monotonic() - self._t0, rss / 2**20))
+            if self._stop.wait(1.0):
+                return
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -267,9 +269,11 @@ def run_corpus(name: str, corpus: Path, queries: list[str], args, soak: bool) ->
     result = {"corpus": name, "passages": httpx.get(f"{server.url}/health").json()["num_docs"],
               "startup_s": server.startup_s, "index_reused": reused, "client": args.client, "levels": []}
     try:
-        time.sleep(2)
-        result["rss_after_start_mib"] = round(server.rss[-1][1], 1) if server.rss else None
-        asyncio.run(drive(server.url, queries, 4, 2.0, args.seed, library=args.client))  # warm-up
+        while not server.rss:
+            time.sleep(0.05)
+        result["rss_after_start_mib"] = round(server.rss[0][1], 1)
+        warmup = min(2.0, args.seconds_per_level)
+        asyncio.run(drive(server.url, queries, 4, warmup, args.seed, library=args.client))
         for clients in args.levels:
             level = asyncio.run(drive(server.url, queries, clients, args.seconds_per_level, args.seed,
                                       library=args.client))
