@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -102,7 +103,7 @@ class ServerRun:
     corpus: Path
     index_dir: Path
     nice: int
-    rss: list[tuple[float, float]] = field(default_factory=list)
+    rss: list[tuple[float, float, float]] = field(default_factory=list)  # (s since start, RSS, anonymous) MiB
 
     def __post_init__(self):
         with __import__("socket").socket() as s:
@@ -133,10 +134,12 @@ class ServerRun:
     def _sample(self) -> None:
         while True:
             try:
-                rss = sum(p.memory_info().rss for p in [self._ps, *self._ps.children(recursive=True)])
+                infos = [p.memory_info() for p in [self._ps, *self._ps.children(recursive=True)]]
             except psutil.Error:
                 return
-            self.rss.append((time.monotonic() - self._t0, rss / 2**20))
+            rss = sum(i.rss for i in infos)
+            anon = sum(i.rss - i.shared for i in infos)  # minus file-backed pages (the mmapped corpus)
+            self.rss.append((time.monotonic() - self._t0, rss / 2**20, anon / 2**20))
             if self._stop.wait(1.0):
                 return
 
@@ -204,12 +207,14 @@ async def drive(url: str, queries: list[str], clients: int, seconds: float, seed
             "errors": sum(errors.values()), "error_kinds": errors}
 
 
-def soak_summary(rss: list[tuple[float, float]], start: float, end: float) -> dict:
-    window = [(t, m) for t, m in rss if start <= t <= end]
-    t, m = np.array(window).T
-    slope = float(np.polyfit(t, m, 1)[0]) * 60 if len(t) > 2 else float("nan")
-    return {"rss_start_mib": round(float(m[:5].mean()), 1), "rss_end_mib": round(float(m[-5:].mean()), 1),
-            "rss_max_mib": round(float(m.max()), 1), "rss_slope_mib_per_min": round(slope, 2)}
+def soak_summary(rss: list[tuple[float, float, float]], start: float, end: float) -> dict:
+    """RSS and anonymous memory over the soak; the anonymous trend (MiB/min) is the leak indicator,
+    RSS also counts corpus pages the mmap has touched (file cache, reclaimable)."""
+    t, total, anon = np.array([row for row in rss if start <= row[0] <= end]).T
+    slope = float(np.polyfit(t, anon, 1)[0]) * 60 if len(t) > 2 else float("nan")
+    return {"rss_start_mib": round(float(total[:5].mean()), 1), "rss_end_mib": round(float(total[-5:].mean()), 1),
+            "anon_start_mib": round(float(anon[:5].mean()), 1), "anon_end_mib": round(float(anon[-5:].mean()), 1),
+            "anon_max_mib": round(float(anon.max()), 1), "anon_slope_mib_per_min": round(slope, 2)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -226,13 +231,14 @@ def plot(results: list[dict], path: Path) -> None:
         axes[0].plot(clients, [lv["throughput_rps"] for lv in levels], "o-", label=label)
         axes[1].plot(clients, [lv["p50_ms"] for lv in levels], "o-", label=f"p50 {res['corpus']}")
         axes[1].plot(clients, [lv["p99_ms"] for lv in levels], "s--", label=f"p99 {res['corpus']}")
-        t, m = zip(*res["rss"]) if res["rss"] else ((), ())
-        axes[2].plot([x / 60 for x in t], m, label=label)
+        t, total, anon = zip(*res["rss"]) if res["rss"] else ((), (), ())
+        line, = axes[2].plot([x / 60 for x in t], total, label=f"RSS {res['corpus']}")
+        axes[2].plot([x / 60 for x in t], anon, "--", color=line.get_color(), label=f"anonymous {res['corpus']}")
         if res.get("soak"):
             axes[2].axvspan(res["soak"]["start_s"] / 60, res["soak"]["end_s"] / 60, alpha=0.15)
     axes[0].set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="Throughput")
     axes[1].set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title="Latency")
-    axes[2].set(xlabel="minutes since server start", ylabel="server RSS (MiB)", title="Memory (soak shaded)")
+    axes[2].set(xlabel="minutes since server start", ylabel="server memory (MiB)", title="Memory (soak shaded)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -252,13 +258,14 @@ def markdown(results: list[dict]) -> str:
     for res in results:
         lines.append("")
         lines.append(f"{res['corpus']}: server ready in {res['startup_s']:.0f} s "
-                     f"(index {'loaded' if res['index_reused'] else 'built'}), RSS after start "
-                     f"{res['rss_after_start_mib']} MiB.")
+                     f"(index {'loaded' if res['index_reused'] else 'built'}); after start RSS "
+                     f"{res['rss_after_start_mib']} MiB, anonymous {res['anon_after_start_mib']} MiB.")
         if res.get("soak"):
             s = res["soak"]
             lines.append(f"soak: {s['clients']} clients for {s['seconds']} s, {s['requests']:,} requests, "
-                         f"{s['errors']} errors, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; RSS {s['rss_start_mib']} -> "
-                         f"{s['rss_end_mib']} MiB (max {s['rss_max_mib']}, trend {s['rss_slope_mib_per_min']} MiB/min).")
+                         f"{s['errors']} errors, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; anonymous memory "
+                         f"{s['anon_start_mib']} -> {s['anon_end_mib']} MiB (max {s['anon_max_mib']}, trend "
+                         f"{s['anon_slope_mib_per_min']} MiB/min); RSS {s['rss_start_mib']} -> {s['rss_end_mib']} MiB.")
     return "\n".join(lines)
 
 
@@ -272,6 +279,7 @@ def run_corpus(name: str, corpus: Path, queries: list[str], args, soak: bool) ->
         while not server.rss:
             time.sleep(0.05)
         result["rss_after_start_mib"] = round(server.rss[0][1], 1)
+        result["anon_after_start_mib"] = round(server.rss[0][2], 1)
         warmup = min(2.0, args.seconds_per_level)
         asyncio.run(drive(server.url, queries, 4, warmup, args.seed, library=args.client))
         for clients in args.levels:
@@ -311,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "figures" / "retrieval_load.png")
     args = p.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the server
 
     names = args.corpora.split(",")
     results = []

@@ -24,5 +24,5 @@ def test_benchmark_runs_end_to_end_on_a_tiny_corpus(tmp_path):
     [result] = json.loads(out.read_text())["results"]
     assert result["passages"] == 2000 and [lv["clients"] for lv in result["levels"]] == [1, 4]
     assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in result["levels"])
-    assert result["soak"]["requests"] > 0 and result["soak"]["rss_max_mib"] > 0
+    assert result["soak"]["requests"] > 0 and result["soak"]["anon_max_mib"] > 0
     assert plot.stat().st_size > 10_000 and "| generated | 2,000 | aiohttp | 4 |" in done.stdout

@@ -93,7 +93,7 @@ class _SearchFailed(Exception):
         self.kind = kind
 
 
-# (event loop) -> {(url, max_concurrency): (client, semaphore)}; entries die with their loop.
+# (event loop) -> {(url, max_concurrency): (session, semaphore)}; entries die with their loop.
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
 
 
@@ -225,7 +225,8 @@ class SearchTool(BaseTool):
         except (ValueError, KeyError, TypeError):
             raise _SearchFailed("protocol", "response is not {\"result\": [...]}") from None
         if (not isinstance(results, list) or len(results) != n_queries
-                or not all(isinstance(r, list) and all(isinstance(d, dict) for d in r) for r in results)):
+                or not all(isinstance(r, list) and all(isinstance(d, dict) and isinstance(d.get("document", d), dict)
+                                                       for d in r) for r in results)):
             raise _SearchFailed("protocol", f"expected {n_queries} lists of documents")
         return results
 
