@@ -79,9 +79,10 @@ def read_rows(path: Path) -> list[dict]:
 def _answers(row: dict) -> Any:
     if row.get("golden_answers") is not None:
         return row["golden_answers"]
-    target = ((row.get("reward_model") or {}).get("ground_truth") or {})
-    if isinstance(target, dict) and target.get("target") is not None:
-        return target["target"]
+    reward_model = row.get("reward_model")
+    truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+    if isinstance(truth, dict) and truth.get("target") is not None:
+        return truth["target"]
     return row.get("answers", row.get("answer"))
 
 
