@@ -20,7 +20,7 @@ NNODES=${NNODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MODEL=${MODEL:-qwen3_14b}
 METHOD=${METHOD:-trace}
-DATA_DIR=${DATA_DIR:-$HOME/data/searchR1_processed_direct}
+DATA_DIR=${DATA_DIR:-$HOME/data/search_r1}
 CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/verl_trace_search_r1/${MODEL}_${METHOD}}
 
 # Paths inside the job's working_dir are expanded by the job's shell on the cluster (\$PWD).

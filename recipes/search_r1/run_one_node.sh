@@ -13,7 +13,7 @@ set -xeuo pipefail
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODEL=${MODEL:-qwen3_8b}
 METHOD=${METHOD:-trace}
-DATA_DIR=${DATA_DIR:-$HOME/data/searchR1_processed_direct}
+DATA_DIR=${DATA_DIR:-$HOME/data/search_r1}
 TOOL_CONFIG=${TOOL_CONFIG:-$RECIPE_DIR/config/tool_config/search_tool_config.yaml}
 CKPT_DIR=${CKPT_DIR:-$PWD/checkpoints/verl_trace_search_r1/${MODEL}_${METHOD}}
 

@@ -115,7 +115,7 @@ def tools_for(url: str, monkeypatch) -> list:
     monkeypatch.setenv("RETRIEVAL_URL", f"{url}/retrieve")
     from pathlib import Path
 
-    return load_all_tools(str(Path(__file__).resolve().parents[2] / "recipes/search_r1/config/search_tool.yaml"), None)
+    return load_all_tools(str(Path(__file__).resolve().parents[2] / "recipes/search_r1/config/tool_config/search_tool_config.yaml"), None)
 
 
 def observation_text(out, tokenizer) -> str:

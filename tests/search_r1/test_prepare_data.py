@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "recipes" / "search_r1" / "prepare_data.py"
-TOOL_YAML = ROOT / "recipes" / "search_r1" / "config" / "search_tool.yaml"
+TOOL_YAML = ROOT / "recipes" / "search_r1" / "config" / "tool_config" / "search_tool_config.yaml"
 
 
 def search_r1_rows() -> list[dict]:

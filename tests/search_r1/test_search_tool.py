@@ -15,7 +15,7 @@ from verl_trace.tools.search_tool import SearchTool, close_shared_sessions
 
 pytestmark = pytest.mark.slow
 
-TOOL_YAML = Path(__file__).resolve().parents[2] / "recipes" / "search_r1" / "config" / "search_tool.yaml"
+TOOL_YAML = Path(__file__).resolve().parents[2] / "recipes" / "search_r1" / "config" / "tool_config" / "search_tool_config.yaml"
 
 
 def make_tool(url: str, **config) -> SearchTool:

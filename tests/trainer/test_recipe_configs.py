@@ -106,9 +106,12 @@ def test_tool_config_names_the_search_tool(recipe_config_dir):
     tool = tools[0]
     assert tool["class_name"] == "verl_trace.tools.search_tool.SearchTool"
     assert tool["config"]["type"] == "native" and tool["config"]["topk"] == 3
-    assert set(tool["config"]) == {
+    assert set(tool["config"]) >= {
         "type", "retrieval_service_url", "topk", "timeout", "max_retries", "backoff", "max_concurrency"
     }
+    from verl_trace.tools.search_tool import SearchToolConfig
+
+    SearchToolConfig.model_validate({k: v for k, v in tool["config"].items() if k != "retrieval_service_url"} | {"retrieval_service_url": "http://127.0.0.1:1/retrieve"})
     from verl.tools.schemas import OpenAIFunctionToolSchema
 
     schema = OpenAIFunctionToolSchema.model_validate(tool["tool_schema"])
