@@ -1,0 +1,197 @@
+"""CPU end-to-end: learning efficiency of rollout allocators at equal sampling cost.
+
+    nice python benchmarks/e2e_cpu.py --out results.json [--seeds 3] \\
+        [--allocators uniform,tree_random,trace] [--steps 30] [--work-dir outputs/e2e_cpu] [--plot docs/img/e2e_cpu.png]
+
+For each seed, one warm start (tokenizer, tiny model, demonstrations, supervised phase) is built
+and every allocator's RL run starts from that same checkpoint, with the same leaf budget per step,
+the same number of steps, the same held-out questions and one shared retrieval server. Each run is
+the demo's own job (``verl_trace.demo.cli.run``), so it writes its full report under
+``WORK_DIR/seed<N>/<allocator>/``; a finished run found there is reused, so an interrupted
+benchmark continues where it stopped.
+
+Results: per allocator, final held-out accuracy (mean, std over seeds), the accuracy curve against
+cumulative generated tokens (means over seeds at each evaluation), and the generated tokens it
+needed to first reach uniform's final accuracy of the same seed (median over seeds; seeds that
+never reach it are counted as not reached), plus per-step effective-sample ratio, tokens and
+predictor calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from verl_trace.demo import cli
+from verl_trace.demo.progress import DemoProgress
+from verl_trace.demo.server import RetrievalServer
+from verl_trace.demo.settings import make_settings
+from verl_trace.demo.world import MINI_DIR
+
+
+def run_all(allocators: list[str], seeds: list[int], steps: int | None, work: Path, quick: bool,
+            progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
+    reports: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in allocators}
+    with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
+        for seed in seeds:
+            for alloc in allocators:
+                out = work / f"seed{seed}" / alloc
+                done = out / "report.json"
+                if done.is_file() and json.loads(done.read_text()).get("status") == "completed":
+                    progress.log(f"seed {seed} {alloc}: reusing {done}")
+                    reports[alloc][seed] = json.loads(done.read_text())
+                    continue
+                settings = make_settings(quick=quick, allocator=alloc, seed=seed,
+                                         overrides={"rl": {"steps": steps}} if steps else None)
+                progress.log(f"seed {seed} {alloc}: {settings.rl.steps} steps x {settings.leaves_per_step} leaves")
+                t0 = time.perf_counter()
+                rep = cli.run(settings, out, quick=quick, resume=True, progress=progress,
+                              warm_dir=work / f"seed{seed}" / "warm_start", retrieve_url=server.retrieve_url)
+                progress.log(f"seed {seed} {alloc}: start {rep['start_accuracy']:.3f} final {rep['final_accuracy']:.3f} "
+                             f"tokens {rep['generated_tokens']:,} ({time.perf_counter() - t0:.0f}s)")
+                reports[alloc][seed] = rep
+    return reports
+
+
+def first_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Cumulative tokens at the first evaluation whose accuracy is at least ``target``."""
+    return next((tokens for tokens, acc in curve if acc >= target - 1e-12), None)
+
+
+def per_step(runs: list[list[dict[str, float]]], key: str) -> list[float]:
+    """Mean over runs (seeds) of ``key`` at each RL step (NaN-aware: AUC is undefined on a step
+    whose outcomes are all equal)."""
+    n = min(len(r) for r in runs)
+    with np.errstate(all="ignore"):
+        return [float(np.nanmean([r[i].get(key, np.nan) for r in runs])) for i in range(n)]
+
+
+def early_late(values: list[float]) -> dict[str, float]:
+    k = max(1, len(values) // 3)
+    return {"first_third": float(np.nanmean(values[:k])), "last_third": float(np.nanmean(values[-k:]))}
+
+
+def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    seeds = sorted(set.intersection(*(set(r) for r in reports.values())))
+    uniform = reports.get("uniform", {})
+    out: dict[str, Any] = {"seeds": seeds, "allocators": {}}
+    starts = [reports[a][s]["start_accuracy"] for a in reports for s in seeds]
+    out["start_accuracy"] = float(np.mean(starts))
+    out["start_accuracy_per_seed"] = {s: reports[next(iter(reports))][s]["start_accuracy"] for s in seeds}
+    for alloc, by_seed in reports.items():
+        curves = {s: [(e["cumulative_tokens"], e["accuracy"]) for e in by_seed[s]["curves"]["eval"]] for s in seeds}
+        finals = [by_seed[s]["final_accuracy"] for s in seeds]
+        n_points = min(len(c) for c in curves.values())
+        mean_curve = [[float(np.mean([curves[s][i][0] for s in seeds])), float(np.mean([curves[s][i][1] for s in seeds]))]
+                      for i in range(n_points)]
+        reach, ratios = [], []
+        for s in seeds:
+            if s not in uniform:
+                continue
+            tokens = first_reach(curves[s], uniform[s]["final_accuracy"])
+            reach.append(tokens)
+            if tokens is not None:
+                ratios.append(tokens / uniform[s]["generated_tokens"])
+        reached = [t for t in reach if t is not None]
+        train = [by_seed[s]["curves"]["train"] for s in seeds]
+
+        out["allocators"][alloc] = {
+            "estimator": by_seed[seeds[0]]["estimator"],
+            "final_accuracy": {"mean": float(np.mean(finals)), "std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+                               "per_seed": dict(zip(seeds, finals))},
+            "tokens_to_reach_uniform_final": {
+                # median over seeds, a seed that never reached it counting as infinitely many tokens
+                "median": (float(np.median([t if t is not None else np.inf for t in reach]))
+                           if reach and len(reached) * 2 > len(reach) else None),
+                "per_seed": dict(zip([s for s in seeds if s in uniform], reach)),
+                "reached": len(reached),
+                "ratio_to_uniform_total_median": float(np.median(ratios)) if ratios and len(ratios) * 2 > len(reach) else None,
+            },
+            "generated_tokens": {"mean": float(np.mean([by_seed[s]["generated_tokens"] for s in seeds])),
+                                 "per_seed": {s: by_seed[s]["generated_tokens"] for s in seeds}},
+            "curve": mean_curve,
+            "curve_per_seed": {s: [list(p) for p in c] for s, c in curves.items()},
+            "steps": by_seed[seeds[0]]["steps"],
+            "leaves_per_step": by_seed[seeds[0]]["budget"]["leaves_per_step"],
+            "per_step": {k: per_step(train, k) for k in ("tokens", "reward_mean", "effective_sample_ratio", "mixed_root_ratio",
+                                                   "branch_points", "tokens_saved", "predictor/hybrid_auc",
+                                                   "predictor/hybrid_brier", "seconds")},
+            "effective_sample_ratio": early_late(per_step(train, "effective_sample_ratio")),
+            "predictor_auc": early_late(per_step(train, "predictor/hybrid_auc")),
+            "predictor_brier": early_late(per_step(train, "predictor/hybrid_brier")),
+            "seconds_rl_median": float(np.median([by_seed[s]["seconds"]["rl"] for s in seeds])),
+        }
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for alloc, res in summary["allocators"].items():
+        seeds = list(res["curve_per_seed"])
+        curves = np.array([res["curve_per_seed"][s][: len(res["curve"])] for s in seeds], dtype=float)
+        tokens, acc = curves[:, :, 0].mean(0), curves[:, :, 1]
+        line = axes[0].plot(tokens / 1e3, acc.mean(0), marker="o", ms=3, label=f"{alloc} ({res['estimator']})")[0]
+        if len(seeds) > 1:
+            axes[0].fill_between(tokens / 1e3, acc.mean(0) - acc.std(0, ddof=1), acc.mean(0) + acc.std(0, ddof=1),
+                                 color=line.get_color(), alpha=0.15)
+        esr = res["per_step"]["effective_sample_ratio"]
+        axes[1].plot(range(1, len(esr) + 1), esr, color=line.get_color(), label=alloc)
+    axes[0].set_xlabel("generated tokens in RL rollouts (thousands)")
+    axes[0].set_ylabel("held-out accuracy (EM)")
+    axes[0].set_title(f"mean ± sd over seeds {summary['seeds']}", fontsize=10)
+    axes[1].set_xlabel("RL step")
+    axes[1].set_ylabel("effective-sample ratio")
+    axes[1].set_title("leaves with a non-zero advantage (mean over seeds)", fontsize=10)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="results JSON")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--allocators", default="uniform,tree_random,trace")
+    p.add_argument("--steps", type=int, help="RL steps per run (default: the demo's preset)")
+    p.add_argument("--work-dir", type=Path, default=Path("outputs/e2e_cpu"))
+    p.add_argument("--plot", type=Path, help="write the comparison figure here (PNG)")
+    p.add_argument("--quick", action="store_true", help="the demo's quick preset (a smoke run, not a measurement)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    if args.seeds < 1 or not allocators:
+        p.error("need at least one seed and one allocator")
+    t0 = time.perf_counter()
+    with DemoProgress(enabled=not args.no_progress) as progress:
+        reports = run_all(allocators, list(range(args.seeds)), args.steps, args.work_dir, args.quick, progress)
+    summary = summarize(reports)
+    summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
+                    "seconds": time.perf_counter() - t0})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1))
+    if args.plot:
+        plot(summary, args.plot)
+    for alloc, res in summary["allocators"].items():
+        fa, reach = res["final_accuracy"], res["tokens_to_reach_uniform_final"]
+        print(f"{alloc:12s} final {fa['mean']:.3f} ± {fa['std']:.3f}  tokens {res['generated_tokens']['mean']:,.0f}  "
+              f"reach uniform final: median {reach['median']}  ({reach['reached']}/{len(summary['seeds'])} seeds)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
