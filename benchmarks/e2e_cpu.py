@@ -1,7 +1,8 @@
 """CPU end-to-end: learning efficiency of rollout allocators at equal sampling cost.
 
     nice python benchmarks/e2e_cpu.py --out results.json [--seeds 3] \\
-        [--allocators uniform,tree_random,trace] [--steps 30] [--work-dir outputs/e2e_cpu] [--plot docs/img/e2e_cpu.png]
+        [--allocators uniform,tree_random,trace] [--steps 30] [--eval-every 3] [--work-dir outputs/e2e_cpu] \
+        [--plot docs/img/e2e_cpu.png]
 
 For each seed, one warm start (tokenizer, tiny model, demonstrations, supervised phase) is built
 and every allocator's RL run starts from that same checkpoint, with the same leaf budget per step,
@@ -35,7 +36,7 @@ from verl_trace.demo.settings import make_settings
 from verl_trace.demo.world import MINI_DIR
 
 
-def run_all(allocators: list[str], seeds: list[int], steps: int | None, work: Path, quick: bool,
+def run_all(allocators: list[str], seeds: list[int], rl: dict[str, Any], work: Path, quick: bool,
             progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
     reports: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in allocators}
     with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
@@ -47,8 +48,7 @@ def run_all(allocators: list[str], seeds: list[int], steps: int | None, work: Pa
                     progress.log(f"seed {seed} {alloc}: reusing {done}")
                     reports[alloc][seed] = json.loads(done.read_text())
                     continue
-                settings = make_settings(quick=quick, allocator=alloc, seed=seed,
-                                         overrides={"rl": {"steps": steps}} if steps else None)
+                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides={"rl": rl})
                 progress.log(f"seed {seed} {alloc}: {settings.rl.steps} steps x {settings.leaves_per_step} leaves")
                 t0 = time.perf_counter()
                 rep = cli.run(settings, out, quick=quick, resume=True, progress=progress,
@@ -68,13 +68,17 @@ def per_step(runs: list[list[dict[str, float]]], key: str) -> list[float]:
     """Mean over runs (seeds) of ``key`` at each RL step (NaN-aware: AUC is undefined on a step
     whose outcomes are all equal)."""
     n = min(len(r) for r in runs)
-    with np.errstate(all="ignore"):
-        return [float(np.nanmean([r[i].get(key, np.nan) for r in runs])) for i in range(n)]
+    return [_nanmean([r[i].get(key, np.nan) for r in runs]) for i in range(n)]
 
 
 def early_late(values: list[float]) -> dict[str, float]:
     k = max(1, len(values) // 3)
-    return {"first_third": float(np.nanmean(values[:k])), "last_third": float(np.nanmean(values[-k:]))}
+    return {"first_third": _nanmean(values[:k]), "last_third": _nanmean(values[-k:])}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -168,17 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--allocators", default="uniform,tree_random,trace")
     p.add_argument("--steps", type=int, help="RL steps per run (default: the demo's preset)")
+    p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the demo's preset)")
     p.add_argument("--work-dir", type=Path, default=Path("outputs/e2e_cpu"))
     p.add_argument("--plot", type=Path, help="write the comparison figure here (PNG)")
     p.add_argument("--quick", action="store_true", help="the demo's quick preset (a smoke run, not a measurement)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    cli.quiet_libraries()
     if args.seeds < 1 or not allocators:
         p.error("need at least one seed and one allocator")
     t0 = time.perf_counter()
     with DemoProgress(enabled=not args.no_progress) as progress:
-        reports = run_all(allocators, list(range(args.seeds)), args.steps, args.work_dir, args.quick, progress)
+        rl = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every)) if v is not None}
+        reports = run_all(allocators, list(range(args.seeds)), rl, args.work_dir, args.quick, progress)
     summary = summarize(reports)
     summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
                     "seconds": time.perf_counter() - t0})

@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allocator", default="trace", choices=sorted(ESTIMATOR), help="rollout allocator (default trace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--warm-start", type=Path, metavar="DIR",
+                   help="warm start directory to use or create (default OUT/warm_start); reused when its settings match")
     p.add_argument("--steps", type=int, help="RL steps (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a setting, e.g. --set rl.lr=1e-3 (repeatable; see verl_trace/demo/settings.py)")
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{settings.rl.steps} RL steps x {settings.leaves_per_step} leaves, seed {settings.seed}, "
                      f"out {args.out}")
         try:
-            rep = run(settings, args.out, quick=args.quick, resume=args.resume, progress=progress)
+            rep = run(settings, args.out, quick=args.quick, resume=args.resume, progress=progress,
+                      warm_dir=args.warm_start)
         except KeyboardInterrupt:
             progress.log(f"stopped; partial report in {args.out / 'report.json'}; continue with --resume")
             return 130
