@@ -148,3 +148,16 @@ def test_quick_demo_interrupted_then_resumed(tmp_path):
     assert rep["warm_start"]["demonstrations"] > 0 and 0 < rep["warm_start"]["teacher_accuracy"] < 1
     for name in ("accuracy.png", "training.png", "rollout_tree.png", "rollout_tree.html", "rollout_tree.json"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_evaluation_names_where_a_trajectory_left_the_chain(train):
+    from verl_trace.demo.evaluate import outcome
+
+    q = three_hop(train)
+    hop = [h["query"] for h in q.chain]
+    right = "".join(search_text(x) for x in hop) + answer_text(q.answers[0])
+    assert outcome(q, right, 1.0) == "correct"
+    assert outcome(q, search_text(hop[0]) + search_text("Nobody") + answer_text("x"), 0.0) == "off_chain_query"
+    assert outcome(q, search_text(hop[0]) + answer_text(q.chain[0]["finds"]), 0.0) == "premature_answer"
+    assert outcome(q, "".join(search_text(x) for x in hop) + answer_text("x"), 0.0) == "wrong_answer"
+    assert outcome(q, "".join(search_text(x) for x in hop), 0.0) == "no_answer"

@@ -92,7 +92,8 @@ def save_png(tree: RolloutTree, path: Path, title: str = "", threshold: float = 
         extra = " ".join(filter(None, [_p_hat(node), _outcome(node)]))
         ax.annotate(label + (f"\n{extra}" if extra else ""), (x, -d), xytext=(0, -17), textcoords="offset points",
                     ha="center", va="top", fontsize=7.5)
-    ax.set_title(title or f"rollout tree {tree.uid}", fontsize=10, wrap=True)
+    ax.set_title((title or f"rollout tree {tree.uid}") + "\np̂: the predictor's success estimate when the allocator "
+                 "scored the anchor; r: the leaf's reward", fontsize=9)
     ax.set_xlim(-0.8, n_leaves - 0.2)
     ax.set_ylim(-depth - 0.9, 0.5)
     ax.axis("off")
