@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from . import report as report_io
@@ -73,6 +74,7 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
     server between runs; otherwise both belong to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
     server, run_, warm_info, t_rl = None, None, {}, None
     status = "failed"

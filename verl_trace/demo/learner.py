@@ -11,7 +11,7 @@ temperature): no separate recomputation pass, as with verl's ``bypass`` rollout 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,8 +91,10 @@ class Learner:
         self.policy_loss = core_algos.get_policy_loss_fn(self.actor_config.policy_loss.loss_mode)
         self.rng = random.Random(seed)
 
-    def update(self, batch: LeafBatch, advantages: torch.Tensor) -> dict[str, float]:
-        """One PPO epoch over the leaves. A step whose advantages are all zero (no group with mixed
+    def update(self, batch: LeafBatch, advantages: torch.Tensor,
+               after_step: Callable[[], None] | None = None) -> dict[str, float]:
+        """One PPO epoch over the leaves; ``after_step()`` runs after every optimizer step (the
+        engine's ``update_weights``). A step whose advantages are all zero (no group with mixed
         outcomes) has nothing to learn from and makes no optimizer step: Adam's momentum would
         otherwise keep moving the weights on stale gradients."""
         s = self.settings
@@ -117,6 +119,8 @@ class Learner:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if after_step is not None:
+                after_step()
             metrics.setdefault("actor/grad_norm", []).append(float(grad_norm))
         self.model.eval()
         out = {k: float(np.sum(v) if k == "actor/pg_loss" else np.mean(v)) for k, v in metrics.items()}

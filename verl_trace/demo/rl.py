@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..metrics import forest_metrics
 from ..predictor import build_featurizer, build_predictor
@@ -115,8 +114,7 @@ class RLRun:
         t_roll = time.perf_counter()
         batch = LeafBatch.from_leaves(result.leaves)
         advantages = compute_advantages(batch, s.estimator, self.trace_cfg.advantage)
-        learn = self.learner.update(batch, advantages)
-        self.agent.update_weights()
+        learn = self.learner.update(batch, advantages, after_step=self.agent.update_weights)
         t_learn = time.perf_counter()
         anchors, outcomes = result.training_batch()
         pred = self.predictor.update(anchors, outcomes) if len(anchors) else {}
@@ -173,7 +171,6 @@ class RLRun:
         """Train until ``rl.steps`` (continuing a resumed run); KeyboardInterrupt propagates after
         the completed steps are checkpointed."""
         s, h = self.settings, self.history
-        torch.set_num_threads(s.threads)
         if not h.evals:
             self._show_eval(self.evaluate(), "start")
         self.progress.phase("RL", s.rl.steps, completed=h.step)
