@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with DemoProgress(enabled=not args.no_progress) as progress:
         rl = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every)) if v is not None}
-        reports = run_all(allocators, list(range(args.seeds)), rl, args.work_dir, args.quick, progress)
+        try:
+            reports = run_all(allocators, list(range(args.seeds)), rl, args.work_dir, args.quick, progress)
+        except KeyboardInterrupt:
+            progress.log(f"interrupted; the same command continues from {args.work_dir}")
+            return 130
     summary = summarize(reports)
     summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
                     "seconds": time.perf_counter() - t0})
