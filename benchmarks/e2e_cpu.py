@@ -15,13 +15,17 @@ Results: per allocator, final held-out accuracy (mean, std over seeds), the accu
 cumulative generated tokens (means over seeds at each evaluation), and the generated tokens it
 needed to first reach uniform's final accuracy of the same seed (median over seeds; seeds that
 never reach it are counted as not reached), plus per-step effective-sample ratio, tokens and
-predictor calibration.
+predictor calibration. ``--probe-steps N`` adds N rollout steps per allocator and seed at the
+warm-start policy without updates: how each allocator spends the budget (effective-sample ratio,
+mixed roots, how often a branched prefix came out mixed, advantage magnitudes) and how good the
+predictor is in its first steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,11 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from verl_trace.demo import cli
+from verl_trace.demo import cli, warm_start
+from verl_trace.demo.learner import LeafBatch, compute_advantages
 from verl_trace.demo.progress import DemoProgress
+from verl_trace.demo.rl import RLRun
 from verl_trace.demo.server import RetrievalServer
 from verl_trace.demo.settings import make_settings
 from verl_trace.demo.world import MINI_DIR
+from verl_trace.metrics import forest_metrics
 
 
 def run_all(allocators: list[str], seeds: list[int], rl: dict[str, Any], work: Path, quick: bool,
@@ -59,6 +66,79 @@ def run_all(allocators: list[str], seeds: list[int], rl: dict[str, Any], work: P
     return reports
 
 
+def probe_step_metrics(run: RLRun) -> dict[str, float]:
+    """One rollout step of ``run``'s allocator with the policy held fixed (no update): how the
+    budget was spent and what the estimator makes of it. The predictor still learns from the step,
+    as in training, so its AUC over probe steps shows how fast it becomes useful."""
+    s = run.settings
+    step = run.history.step + 1
+    pool = run.sampler.take(math.ceil(s.rl.prompts_per_step * run.trace_cfg.allocation.pool_factor))
+    result = run.agent.rollout(pool, run.trace_cfg, n_roots=s.rl.prompts_per_step, leaves=s.leaves_per_step,
+                               temperature=s.rl.temperature, predictor=run.predictor, featurizer=run.featurizer,
+                               rng=np.random.default_rng([s.seed, 10_000 + step]), uid_prefix=f"p{step}-")
+    run.history.steps.append({})  # only advances the step counter (uids, RNG streams)
+    batch = LeafBatch.from_leaves(result.leaves)
+    adv = compute_advantages(batch, s.estimator, run.trace_cfg.advantage)
+    gen = batch.response_mask.bool()
+    nonzero = (adv != 0) & gen
+    m = forest_metrics(result.trees.values(), s.estimator, run.trace_cfg.advantage, run.trace_cfg.success_threshold,
+                       prefix="")
+    branched = mixed = 0
+    p_hat, rate = [], []
+    for tree in result.trees.values():
+        succ, fail = tree.subtree_outcomes(run.trace_cfg.success_threshold)
+        for node in tree.nodes[1:]:
+            if len(node.children) >= 2:
+                branched += 1
+                mixed += int(succ[node.node_id] > 0 and fail[node.node_id] > 0)
+                if "p_hat" in node.meta:
+                    p_hat.append(node.meta["p_hat"])
+                    rate.append(succ[node.node_id] / max(1, succ[node.node_id] + fail[node.node_id]))
+    anchors, outcomes = result.training_batch()
+    pred = run.predictor.update(anchors, outcomes) if len(anchors) else {}
+    return {
+        "reward_mean": float(np.mean([leaf.output.reward_score for leaf in result.leaves])),
+        "effective_sample_ratio": m["effective_sample_ratio"],
+        "mixed_root_ratio": m["mixed_root_ratio"],
+        "informative_per_1k_tokens": m["informative_per_1k_tokens"],
+        "tokens": m["tokens_generated"],
+        "tokens_saved": m["tokens_saved"],
+        "branch_points": m["branch_points"],
+        "branched_mixed_ratio": mixed / branched if branched else float("nan"),
+        "branched_p_hat_mean": float(np.mean(p_hat)) if p_hat else float("nan"),
+        "branched_success_rate_mean": float(np.mean(rate)) if rate else float("nan"),
+        "adv_nonzero_token_ratio": float(nonzero.sum() / gen.sum().clamp(min=1)),
+        "adv_abs_mean_nonzero": float(adv[nonzero].abs().mean()) if bool(nonzero.any()) else 0.0,
+        "predictor_auc": pred.get("predictor/hybrid_auc", float("nan")),
+        "predictor_brier": pred.get("predictor/hybrid_brier", float("nan")),
+    }
+
+
+def probe(allocators: list[str], seeds: list[int], steps: int, work: Path, quick: bool,
+          progress: DemoProgress) -> dict[str, Any]:
+    """Allocation at a fixed policy (each seed's warm start): ``steps`` rollout steps per
+    allocator, no updates. Separates what each allocator does with the budget from how the
+    policy then learns."""
+    out: dict[str, Any] = {}
+    with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server_probe.log") as server:
+        for alloc in allocators:
+            rows = []
+            for seed in seeds:
+                settings = make_settings(quick=quick, allocator=alloc, seed=seed)
+                warm = warm_start.find(work / f"seed{seed}" / "warm_start", settings)
+                if warm is None:
+                    raise FileNotFoundError(f"no warm start for seed {seed} in {work}: run the benchmark first")
+                run = RLRun(settings, warm, work / f"seed{seed}" / f"probe_{alloc}", server.retrieve_url, progress)
+                try:
+                    rows += [probe_step_metrics(run) for _ in range(steps)]
+                finally:
+                    run.close()
+            out[alloc] = {"steps": rows, "mean": {k: _nanmean([r[k] for r in rows]) for k in rows[0]},
+                          "first_step_mean": {k: _nanmean([r[k] for r in rows[::steps]]) for k in rows[0]}}
+            progress.log(f"probe {alloc}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[alloc]["mean"].items()))
+    return out
+
+
 def first_reach(curve: list[tuple[float, float]], target: float) -> float | None:
     """Cumulative tokens at the first evaluation whose accuracy is at least ``target``."""
     return next((tokens for tokens, acc in curve if acc >= target - 1e-12), None)
@@ -74,6 +154,17 @@ def per_step(runs: list[list[dict[str, float]]], key: str) -> list[float]:
 def early_late(values: list[float]) -> dict[str, float]:
     k = max(1, len(values) // 3)
     return {"first_third": _nanmean(values[:k]), "last_third": _nanmean(values[-k:])}
+
+
+def _finite(value: Any) -> Any:
+    """NaN (e.g. AUC of a step whose outcomes were all equal) as null: strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _nanmean(values: list[float]) -> float:
@@ -176,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("outputs/e2e_cpu"))
     p.add_argument("--plot", type=Path, help="write the comparison figure here (PNG)")
     p.add_argument("--quick", action="store_true", help="the demo's quick preset (a smoke run, not a measurement)")
+    p.add_argument("--probe-steps", type=int, default=0,
+                   help="then N rollout steps per allocator and seed at the warm-start policy, without updates "
+                        "(allocation quality, predictor quality early on)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
@@ -187,14 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         rl = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every)) if v is not None}
         try:
             reports = run_all(allocators, list(range(args.seeds)), rl, args.work_dir, args.quick, progress)
+            probed = (probe(allocators, list(range(args.seeds)), args.probe_steps, args.work_dir, args.quick, progress)
+                      if args.probe_steps else None)
         except KeyboardInterrupt:
             progress.log(f"interrupted; the same command continues from {args.work_dir}")
             return 130
     summary = summarize(reports)
+    if probed is not None:
+        summary["probe"] = probed
     summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
                     "seconds": time.perf_counter() - t0})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1))
+    args.out.write_text(json.dumps(_finite(summary), indent=1))
     if args.plot:
         plot(summary, args.plot)
     for alloc, res in summary["allocators"].items():

@@ -21,6 +21,7 @@ from ..metrics import forest_metrics
 from ..predictor import build_featurizer, build_predictor
 from ..tree import RolloutTree
 from . import checkpoint
+from . import model as model_io
 from .agent import SearchAgent
 from .evaluate import evaluate
 from .learner import LeafBatch, Learner, compute_advantages
@@ -83,8 +84,6 @@ class RLRun:
             if diff is not None:
                 raise ValueError(f"--resume: the checkpoint in {self.ckpt} was trained with a different "
                                  f"setting: {diff} (delete it or use another --out)")
-            from . import model as model_io
-
             self.tokenizer, self.model = model_io.load(self.ckpt)
         else:
             self.tokenizer, self.model = warm.load()
