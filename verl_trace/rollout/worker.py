@@ -39,9 +39,10 @@ from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorke
 from verl.utils import tensordict_utils as tu
 
 from ..allocation import ALLOCATORS
+from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
 from ..predictor_service import RemotePredictor, get_predictor_actor
-from ..protocol import METRICS_PARTITION, ROOTS_KEY
+from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
 from ..tree import LeafStatus
 from .agent_loop import TraceToolAgentLoop
 from .reward import RewardFn, compute_score_reward
@@ -69,12 +70,13 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         teacher_client: Any = None,
         reward_loop_worker_handles: list[Any] | None = None,
     ):
-        from ..trainer.config_check import TREE_ESTIMATORS, prepare_trace_config
-
         super().__init__(config, llm_client, teacher_client, reward_loop_worker_handles)
-        # Validates trace: against the rest of the config and resolves its verl-derived defaults
-        # (main_trace did it already; this also covers a worker started some other way).
-        self.trace_config = prepare_trace_config(self.config)
+        self.trace_config = load_trace_config(self.config.get("trace"))  # resolved by main_trace's start-up checks
+        if self.trace_config.max_turns is None:
+            raise TraceConfigError(
+                "trace.max_turns: unresolved; start the job with python -m verl_trace.main_trace, whose start-up "
+                "checks validate the trace: section and resolve it from verl's settings"
+            )
         self.keep_failed_leaves = self.config.algorithm.adv_estimator in TREE_ESTIMATORS
         self.predictor_handle = None
         self.featurizer = None
@@ -130,13 +132,9 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             await self._fail(sub)
             return
         if result is not None:
-            # Neither is worth losing the step's trees for: log and go on to write them.
-            for what, extra in (("metrics", self._publish_metrics(sub, result.metrics)),
-                                ("predictor update", self._update_predictor(result))):  # fmt: skip
-                try:
-                    await extra
-                except Exception:
-                    logger.exception("TRACE step %d: %s failed", sub.global_steps, what)
+            # Neither is worth losing the step's trees for: a failure is logged, the trees written.
+            await _logged(f"TRACE step {sub.global_steps}: metrics", self._publish_metrics(sub, result.metrics))
+            await _logged(f"TRACE step {sub.global_steps}: predictor update", self._update_predictor(result))
         await self._write(sub, result)
 
     async def _roll_out(self, sub: Submission) -> StepResult:
@@ -183,10 +181,16 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
 
     async def _write(self, sub: Submission, result: StepResult | None) -> None:
         """Delete the prompts not chosen as roots, then write each tree and finish its prompt."""
-        leaves: dict[str, list[LeafOutput]] = {}
+        leaves: dict[str, list[LeafOutput]] = {uid: [] for uid in ([] if result is None else result.trees)}
         for leaf in [] if result is None else result.leaves:
-            leaves.setdefault(leaf.uid, []).append(leaf)
+            leaves[leaf.uid].append(leaf)
         unused = [uid for uid in sub.rows if uid not in leaves]
+        short = sub.n_roots - len(leaves)
+        if short > 0:  # the trainer waits for n_roots terminal prompts: never leave it hanging
+            logger.error("TRACE step %d: the planner chose %d roots of %d", sub.global_steps, len(leaves), sub.n_roots)
+            for uid in unused[:short]:
+                await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "failure"})
+            unused = unused[short:]
         if unused:
             await tq.async_kv_clear(keys=unused, partition_id="train")
         await asyncio.gather(*(self._write_tree(sub.rows[uid], tree_leaves) for uid, tree_leaves in leaves.items()))
@@ -232,6 +236,13 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         from verl.utils.reward_score import default_compute_score
 
         return compute_score_reward(get_custom_reward_fn(self.config) or default_compute_score, self.tokenizer)
+
+
+async def _logged(what: str, coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        logger.exception("%s failed", what)
 
 
 def _trace_loop(agent_names: set[str]) -> tuple[type[TraceToolAgentLoop], float | None]:
