@@ -57,3 +57,12 @@ def test_submission_gathers_verls_prompt_rows():
     assert sub.seed(0) == Submission(id="t", size=2, n_roots=1, step_roots=1, rows=dict(sub.rows)).seed(0)
     with pytest.raises(ValueError, match="submitted twice"):
         sub.add(first, sp)
+
+
+def test_settling_the_pool_never_leaves_the_trainer_short_of_roots():
+    sub = Submission(id="s", size=4, n_roots=2, step_roots=2)
+    for i in range(4):
+        sub.add({**task_row(i, i), "uid": f"u{i}", "agent_name": "trace_agent", "global_steps": 1}, {})
+    assert sub.settle({"u2", "u0"}) == ([], ["u1", "u3"])  # trees finish by their writer, the rest goes
+    assert sub.settle({"u2"}) == (["u0"], ["u1", "u3"])  # one root short: a prompt fails in its place
+    assert sub.settle(set()) == (["u0", "u1"], ["u2", "u3"])  # the rollout failed: the share of roots fails

@@ -258,6 +258,29 @@ def test_validation_runs_plain_chains(job, step1):
     tq.kv_clear(keys=sampled.keys, partition_id="val")
 
 
+def test_a_failed_rollout_fails_its_share_of_roots_instead_of_hanging_the_trainer(job, step1):
+    """A submission whose rollout cannot run (here: rows asking for verl's plain ``tool_agent``,
+    which cannot branch): its roots end ``failure`` (the ReplayBuffer returns them and the trainer
+    stops with verl's error), the rest of the pool is deleted, the workers stay up."""
+    from verl.utils import tensordict_utils as tu
+
+    tq = job.tq
+    batch_dict = next(iter(Dataloader(2)))
+    batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in range(2)], dtype=object)
+    batch_dict["agent_name"] = np.array(["tool_agent"] * 2, dtype=object)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", 1)
+    tu.assign_non_tensor_data(batch, ROOTS_KEY, 1)
+    uids = list(batch["uid"])
+    tq.kv_batch_put(keys=uids, partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": 1}] * 2)
+    job.manager.generate_sequences(batch)  # 2 chunks of 1 prompt: roots split 1 and 0
+    wait_terminal(tq, uids)
+    tags = (tq.kv_list("train") or {}).get("train", {})
+    assert tags[uids[0]]["status"] == "failure" and uids[1] not in tags
+    assert not [k for k in tags if k.split("_")[0] in uids and k != uids[0]]  # no trajectories
+    tq.kv_clear(keys=[uids[0]], partition_id="train")
+
+
 def test_worker_restart_resumes_with_the_same_predictor(job, step1):
     import ray
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,15 @@ class Submission:
 
     def tree_prompts(self) -> list[TreePrompt]:
         return [TreePrompt(uid, row, key=prompt_key(row)) for uid, row in self.rows.items()]
+
+    def settle(self, trees: Collection[str]) -> tuple[list[str], list[str]]:
+        """Once the worker's trees are known: (pool prompts to tag ``failure``, pool prompts to
+        delete). A prompt with a tree is finished by whoever writes its leaves. The trainer waits
+        for exactly ``n_roots`` terminal prompts from this worker, so when there are fewer trees (the
+        rollout failed, or the planner chose fewer roots) the shortfall fails instead of vanishing."""
+        unused = [uid for uid in self.rows if uid not in trees]
+        short = max(0, self.n_roots - len(trees))
+        return unused[:short], unused[short:]
 
     def seed(self, base: int) -> list[int]:
         """Planner RNG seed: the job's ``trace.seed``, the step and the pool's uids."""

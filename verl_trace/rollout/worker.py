@@ -112,13 +112,8 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         sub_id = prompt.pop(_SUBMISSION_KEY, None)
         if sub_id is None:
             return await super()._run_prompt(prompt, sampling_params, trajectory, trace)
-        uid = prompt["uid"]
-        sub = self._submissions.get(sub_id)
-        if sub is None:  # generate_sequences failed after spawning this prompt
-            logger.error("prompt %s belongs to an abandoned submission %s", uid, sub_id)
-            await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "failure"})
-            return
-        await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "running"})
+        sub = self._submissions[sub_id]
+        await tq.async_kv_put(key=prompt["uid"], partition_id="train", tag={"status": "running"})
         if sub.add(prompt, sampling_params):
             del self._submissions[sub_id]
             await self._run_submission(sub)
@@ -129,7 +124,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             result = await self._roll_out(sub) if sub.n_roots else None
         except Exception:
             logger.exception("TRACE rollout of %d prompts (%d roots) failed", sub.size, sub.n_roots)
-            await self._fail(sub)
+            await self._write(sub, None)
             return
         if result is not None:
             # Neither is worth losing the step's trees for: a failure is logged, the trees written.
@@ -180,17 +175,17 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             await self.predictor_handle.update.remote(anchors, outcomes)
 
     async def _write(self, sub: Submission, result: StepResult | None) -> None:
-        """Delete the prompts not chosen as roots, then write each tree and finish its prompt."""
+        """Settle the pool (``Submission.settle``), then write each tree and finish its prompt.
+        ``result=None``: the rollout failed, so this worker's share of roots fails (the trainer's
+        ReplayBuffer then reports it instead of waiting forever) and the rest is deleted."""
         leaves: dict[str, list[LeafOutput]] = {uid: [] for uid in ([] if result is None else result.trees)}
         for leaf in [] if result is None else result.leaves:
             leaves[leaf.uid].append(leaf)
-        unused = [uid for uid in sub.rows if uid not in leaves]
-        short = sub.n_roots - len(leaves)
-        if short > 0:  # the trainer waits for n_roots terminal prompts: never leave it hanging
+        failed, unused = sub.settle(leaves)
+        if failed and result is not None:
             logger.error("TRACE step %d: the planner chose %d roots of %d", sub.global_steps, len(leaves), sub.n_roots)
-            for uid in unused[:short]:
-                await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "failure"})
-            unused = unused[short:]
+        for uid in failed:
+            await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "failure"})
         if unused:
             await tq.async_kv_clear(keys=unused, partition_id="train")
         await asyncio.gather(*(self._write_tree(sub.rows[uid], tree_leaves) for uid, tree_leaves in leaves.items()))
@@ -213,15 +208,6 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             if output.extra_fields.get(key) is None:
                 output.extra_fields[key] = int(row["global_steps"])
         await self._agent_loop_postprocess(output, False, **row, session_id=session)
-
-    async def _fail(self, sub: Submission) -> None:
-        """The submission produced nothing: its share of roots fails (the trainer's ReplayBuffer
-        then reports it, rather than waiting forever), the rest of the pool is deleted."""
-        roots, rest = list(sub.rows)[: sub.n_roots], list(sub.rows)[sub.n_roots :]
-        if rest:
-            await tq.async_kv_clear(keys=rest, partition_id="train")
-        for uid in roots:
-            await tq.async_kv_put(key=uid, partition_id="train", tag={"status": "failure"})
 
     # ------------------------------------------------------------------ rewards
     async def _reward_loop_score(self, output: AgentLoopOutput, row: dict[str, Any]) -> float:
