@@ -3,7 +3,7 @@ simulator benchmark, the rollout runner and the CPU demo alike (docs/algorithm.m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -93,4 +93,36 @@ def forest_metrics(
         f"{prefix}tokens_saved": float(unshared - gen),
     }
     out.update({f"{prefix}leaves_{st.value}": float(n) for st, n in statuses.items()})
+    return out
+
+
+# Ratios of forest_metrics and the count each is a mean over: merging weights them by it, so
+# merging the metrics of disjoint forests gives the metrics of their union.
+_RATIO_WEIGHTS = {
+    "leaves_per_prompt/mean": "prompts",
+    "effective_sample_ratio": "leaves",
+    "mixed_root_ratio": "prompts",
+    "informative_per_1k_tokens": "tokens_generated",
+}
+
+
+def merge_step_metrics(parts: Sequence[Mapping[str, float]], prefix: str = "trace/") -> dict[str, float]:
+    """One step's metrics from the metrics of several disjoint parts of it (rollout workers, each
+    with its own trees and planner): counts add up, ``forest_metrics``' ratios are weighted by what
+    they average over, ``/min`` and ``/max`` take the extreme, and durations (``*seconds``) the
+    longest, since workers run in parallel. Any other key is a count."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for p in parts for k in p):
+        values = [float(p[key]) for p in parts if key in p]
+        name = key.removeprefix(prefix)
+        if key.startswith(prefix) and name in _RATIO_WEIGHTS:
+            weights = [float(p.get(prefix + _RATIO_WEIGHTS[name], 0.0)) for p in parts if key in p]
+            total = sum(weights)
+            out[key] = sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+        elif key.endswith("/min"):
+            out[key] = min(values)
+        elif key.endswith("/max") or key.endswith("seconds"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values)
     return out
