@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verl_trace.advantage import LeafRecord, group_turn_advantages, tree_grpo_leaf_advantages, tree_turn_advantages
+from verl_trace.advantage import (
+    LeafRecord,
+    group_turn_advantages,
+    tree_grpo_leaf_advantages,
+    tree_turn_advantages,
+)
 from verl_trace.config import AdvantageConfig
 from verl_trace.tree import RolloutTree, subtree_sum
 

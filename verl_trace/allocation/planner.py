@@ -84,42 +84,52 @@ class TreePlanner:
     def leaves_done(self, done: Sequence[tuple[Issued, int]]) -> list[Issued]:
         """Report finished leaves (several at once lets the allocator batch its predictions)."""
         ctx = self.ctx
+        touched: dict[str, None] = {}
         for launch, leaf_id in done:
             tree = ctx.trees[launch.uid]
             leaf = tree[leaf_id]
             if not leaf.terminal:
                 raise ValueError(f"leaf_done: node {leaf_id} of tree {launch.uid} is not a finished leaf")
-            path = tree.path(leaf_id)
-            if launch.anchor not in path:
-                raise ValueError(f"leaf {leaf_id} of tree {launch.uid} does not descend from anchor {launch.anchor}")
-            new_tokens = sum(tree[i].generated_tokens for i in path[path.index(launch.anchor) + 1 :])
+            # Walk up from the leaf to the anchor: the turns this launch generated.
+            new_tokens, cur = 0, leaf_id
+            while cur != launch.anchor:
+                if cur is None or cur == ROOT:
+                    raise ValueError(f"leaf {leaf_id} of tree {launch.uid} does not descend from anchor {launch.anchor}")
+                node = tree.nodes[cur]
+                new_tokens += len(node.action_ids)
+                cur = node.parent
             ctx.ledger.complete(new_tokens, failed=leaf.status is LeafStatus.FAILED)
             ctx.in_flight[launch.uid].remove(launch.anchor)
             self._pending[(launch.uid, launch.round)] -= 1
-        return self._plan()
+            touched[launch.uid] = None
+        return self._plan(touched)
 
     @property
     def done(self) -> bool:
         return self.started and self._closed and self.ctx.ledger.in_flight == 0
 
     # ------------------------------------------------------------------ planning
-    def _ready(self) -> list[str]:
+    def _ready(self, touched: Sequence[str]) -> list[str]:
+        """Trees to re-plan now. In ``pipelined`` mode only a tree whose leaves were just reported
+        can have become ready (every other live tree is waiting on its open round), so this costs
+        O(reported trees), not O(trees), per event."""
         ctx = self.ctx
-        live = [u for u in ctx.trees if u not in self._finished]
         if self.cfg.schedule == "rounds":
-            return live if ctx.ledger.in_flight == 0 else []
+            return [u for u in ctx.trees if u not in self._finished] if ctx.ledger.in_flight == 0 else []
         rf = self.cfg.ready_fraction
         out = []
-        for u in live:
+        for u in touched:
+            if u in self._finished:
+                continue
             key = (u, self._round[u])
             if self._pending.get(key, 0) <= int((1.0 - rf) * self._launched.get(key, 0)):
                 out.append(u)
         return out
 
-    def _plan(self) -> list[Issued]:
+    def _plan(self, touched: Sequence[str]) -> list[Issued]:
         ctx = self.ctx
         launches: list[Issued] = []
-        ready = self._ready()
+        ready = self._ready(touched)
         if ready and ctx.ledger.remaining > 0:
             t0 = time.perf_counter()
             proposed = self.allocator.expand(ctx, ready)
