@@ -13,7 +13,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from verl_trace.allocation import Issued, TreePlanner
 from verl_trace.tree import RolloutTree
@@ -36,11 +36,11 @@ class StepRun:
 
     trees: dict[str, RolloutTree]
     makespan_s: float  # virtual seconds until the last leaf finished
-    plan_cpu_s: float  # real seconds inside planner.start / leaves_done
+    plan_wall_s: float  # real (wall-clock) seconds inside planner.start / leaves_done
+    plan_cpu_s: float  # CPU seconds of this thread inside them (robust on a shared machine)
     events: int  # leaves_done calls
     launches: int
     slot_busy_s: float = 0.0
-    per_call_s: list[float] = field(default_factory=list)
 
 
 class SlotExecutor:
@@ -59,7 +59,7 @@ class SlotExecutor:
         seq = 0
         busy = 0.0
         now = 0.0
-        stats = StepRun(trees={}, makespan_s=0.0, plan_cpu_s=0.0, events=0, launches=0)
+        stats = StepRun(trees={}, makespan_s=0.0, plan_wall_s=0.0, plan_cpu_s=0.0, events=0, launches=0)
 
         def start_turn(job: _Job, t: float) -> None:
             nonlocal seq, free, busy
@@ -83,11 +83,10 @@ class SlotExecutor:
                     request(_Job(x, env.continuation(x.uid, x.anchor)), t)
 
         def timed(fn, *args):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             out = fn(*args)
-            dt = time.perf_counter() - t0
-            stats.plan_cpu_s += dt
-            stats.per_call_s.append(dt)
+            stats.plan_cpu_s += time.thread_time() - c0
+            stats.plan_wall_s += time.perf_counter() - t0
             return out
 
         launch(timed(planner.start, pool), 0.0)

@@ -121,7 +121,7 @@ def run_allocator(regime: Regime, seed: int, name: str, settings: Settings, eval
                 "comparisons": m.comparisons,
                 "roots_with_signal": m.mixed_roots,
                 "makespan_s": res.makespan_s,
-                "plan_ms": 1000 * res.plan_cpu_s,
+                "plan_ms": 1000 * res.plan_cpu_s,  # thread CPU time
                 "update_ms": 1000 * update_s,
                 "fallback_leaves": pm["plan/fallback_leaves"],
             }
@@ -146,34 +146,40 @@ def _ms(xs: Sequence[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
 
 
+def _seed_row(st: list[dict[str, Any]], uni: list[dict[str, Any]] | None) -> dict[str, float]:
+    r = {f: statistics.fmean(s[f] for s in st) for f in STEP_FIELDS}
+    if uni is not None:
+        r["makespan_vs_uniform"] = statistics.fmean(s["makespan_s"] / u["makespan_s"] for s, u in zip(st, uni))
+    return r
+
+
 def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per seed, average each metric over steps; then mean and std over seeds. Makespan is divided
-    by uniform's makespan of the same seed and step before averaging."""
+    by uniform's makespan of the same seed and step before averaging. ``second_half`` repeats the
+    metrics over the second half of the steps only (the predictor past its cold start)."""
     out: dict[str, Any] = {}
+    fields = (*STEP_FIELDS, "makespan_vs_uniform")
     for a in per_seed[0]:
-        rows = []
+        rows, late = [], []
         for seed_res in per_seed:
             st = seed_res[a]["steps"]
             uni = seed_res["uniform"]["steps"] if "uniform" in seed_res else None
-            r = {f: statistics.fmean(s[f] for s in st) for f in STEP_FIELDS}
-            if uni is not None:
-                r["makespan_vs_uniform"] = statistics.fmean(s["makespan_s"] / u["makespan_s"] for s, u in zip(st, uni))
-            r["leaves"] = [s["leaves"] for s in st]
-            r["budget"] = [s["budget_leaves"] for s in st]
-            r["fallback_leaves"] = sum(s["fallback_leaves"] for s in st)
-            rows.append(r)
-        leaves = [x for r in rows for x in r["leaves"]]
-        budget = [x for r in rows for x in r["budget"]]
+            h = len(st) // 2
+            rows.append(_seed_row(st, uni))
+            late.append(_seed_row(st[h:], None if uni is None else uni[h:]))
+        leaves = [s["leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
+        budget = [s["budget_leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
         res: dict[str, Any] = {
             "estimator": ESTIMATOR[a],
             "leaves": leaves[0] if len(set(leaves)) == 1 else statistics.fmean(leaves),
             "budget_leaves": budget[0],
             "leaves_equal_budget": leaves == budget,
-            "fallback_leaves": sum(r["fallback_leaves"] for r in rows),
+            "fallback_leaves": sum(s["fallback_leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]),
         }
-        for f in (*STEP_FIELDS, "makespan_vs_uniform"):
+        for f in fields:
             if f in rows[0]:
                 res[f] = _ms([r[f] for r in rows])
+        res["second_half"] = {f: _ms([r[f] for r in late]) for f in fields if f in late[0]}
         out[a] = res
     return out
 
@@ -228,31 +234,44 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         planner = new_planner(cfg, allocator, n_roots=prompts_per_step, budget=Budget(leaves),
                               max_turns=r.turns.max_turns, predictor=predictor, rng=np.random.default_rng(step))
         res = executor.run(planner, pool)
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.thread_time()
         batch, y = planner.training_batch()
-        t1 = time.perf_counter()
+        w1, c1 = time.perf_counter(), time.thread_time()
         predictor.update(batch, y)
-        t2 = time.perf_counter()
+        w2, c2 = time.perf_counter(), time.thread_time()
         if step >= warmup:
-            rows.append({"plan": res.plan_cpu_s, "batch": t1 - t0, "update": t2 - t1, "events": res.events,
-                         "nodes": sum(len(t) for t in res.trees.values()), "anchors_trained": len(y)})
+            rows.append({"plan_cpu": res.plan_cpu_s, "batch_cpu": c1 - c0, "update_cpu": c2 - c1,
+                         "plan_wall": res.plan_wall_s, "batch_wall": w1 - w0, "update_wall": w2 - w1,
+                         "events": res.events, "nodes": sum(len(t) for t in res.trees.values()),
+                         "anchors_trained": len(y)})
         for t in pool:
             env.forget(t.uid)
 
     def med(k: str) -> float:
         return 1000 * statistics.median(x[k] for x in rows)
 
-    total = [1000 * (x["plan"] + x["batch"] + x["update"]) for x in rows]
+    def total(kind: str) -> list[float]:
+        return [1000 * (x[f"plan_{kind}"] + x[f"batch_{kind}"] + x[f"update_{kind}"]) for x in rows]
+
+    cpu, wall = total("cpu"), total("wall")
     return {
         "prompts": prompts_per_step,
         "leaves_per_prompt": leaves_per_prompt,
         "max_turns": r.turns.max_turns,
         "candidate_pool": int(r.run.pool_factor * prompts_per_step),
+        "schedule": settings.schedule,
+        "ready_fraction": settings.ready_fraction,
         "repeats": repeats,
         "cpu_core": core,
         "torch_threads": torch.get_num_threads(),
-        "ms_per_step": {"median": statistics.median(total), "min": min(total), "max": max(total)},
-        "breakdown_ms": {"plan_events": med("plan"), "training_batch": med("batch"), "predictor_update": med("update")},
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # CPU time of the planning thread: what the planner costs, immune to other processes on a
+        # shared machine. Wall time is reported next to it.
+        "ms_per_step": {"median": statistics.median(cpu), "min": min(cpu), "max": max(cpu), "clock": "thread CPU time"},
+        "wall_ms_per_step": {"median": statistics.median(wall), "min": min(wall), "max": max(wall)},
+        "breakdown_cpu_ms": {
+            "plan_events": med("plan_cpu"), "training_batch": med("batch_cpu"), "predictor_update": med("update_cpu"),
+        },
         "events_per_step": statistics.median(x["events"] for x in rows),
         "nodes_per_step": statistics.median(x["nodes"] for x in rows),
         "anchors_trained_per_step": statistics.median(x["anchors_trained"] for x in rows),

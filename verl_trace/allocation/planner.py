@@ -222,24 +222,26 @@ class TreePlanner:
         with that leaf's success. Conditional success probability of an anchor is exactly the
         expected outcome of the leaves sampled below it."""
         ctx = self.ctx
-        batches, ys = [], []
+        drop_truncated = self.cfg.advantage.truncated == "drop"
+        batches, rows, ys = [], [], []
+        offset = 0
         for tree in ctx.trees.values():
-            ids, y = [], []
-            for leaf in tree.leaves():
-                if leaf.status is LeafStatus.FAILED:
+            nodes = tree.nodes
+            pos: dict[int, int] = {}
+            for leaf in nodes:
+                if not leaf.terminal or leaf.status is LeafStatus.FAILED:
                     continue
-                if leaf.status is LeafStatus.TRUNCATED and self.cfg.advantage.truncated == "drop":
+                if drop_truncated and leaf.status is LeafStatus.TRUNCATED:
                     continue
                 succ = float(leaf.reward >= ctx.threshold)
-                for i in tree.path(leaf.node_id)[:-1]:
-                    ids.append(i)
-                    y.append(succ)
-            if ids:
-                uniq = sorted(set(ids))
-                b = ctx.anchor_batch(tree, uniq)
-                pos = {u: k for k, u in enumerate(uniq)}
-                batches.append(b.select([pos[i] for i in ids]))
-                ys.append(np.asarray(y))
+                cur = leaf.parent
+                while cur is not None:
+                    rows.append(offset + pos.setdefault(cur, len(pos)))
+                    ys.append(succ)
+                    cur = nodes[cur].parent
+            if pos:
+                batches.append(ctx.anchor_batch(tree, list(pos)))
+                offset += len(pos)
         if not batches:
             return AnchorBatch(keys=[]), np.zeros(0)
-        return AnchorBatch.concat(batches), np.concatenate(ys)
+        return AnchorBatch.concat(batches).select(rows), np.asarray(ys)

@@ -17,6 +17,7 @@ anchor or one tree falls exactly as the Beta-Binomial says it should. docs/algor
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,45 +126,62 @@ def tree_view(tree: RolloutTree, threshold: float, max_turns: int) -> _TreeView:
     return _TreeView(anchors, s, f, hs, hf, cum, mean_total, mean_turn)
 
 
-@dataclass
-class _Forest:
-    """Padded (trees x anchors) arrays for a vectorized greedy pass over many trees.
+class _TreePlan:
+    """One tree's anchors and the state of its greedy pass, in plain Python lists: a pipelined
+    planner expands one tree at a time, and for tens of anchors scalar code beats numpy calls.
 
     ``pf``/``ps`` are the predictive probabilities that the next draw at an anchor fails /
-    succeeds given its Beta posterior and the ``j`` virtual draws already placed there; the tree's
-    group state is the probability that all its leaves (real and virtual) fail / succeed."""
+    succeeds given its Beta posterior and the ``j`` virtual draws already placed there; ``F``/``S``
+    are the probabilities that all leaves of the root group (real and virtual) fail / succeed.
+    """
 
-    uids: list[str]
-    anchors: np.ndarray  # (T, A) node ids, -1 = padding
-    a: np.ndarray  # Beta posterior per anchor
-    b: np.ndarray
-    contrast: np.ndarray  # expected new informative sibling pairs of one more child
-    inv_cost: np.ndarray  # 1 / expected_tokens ** cost_exponent (0 for padding)
-    j: np.ndarray  # virtual draws placed at the anchor (in flight + this pass)
-    j_round: np.ndarray  # draws placed at the anchor in this pass
-    pf: np.ndarray
-    ps: np.ndarray
-    n: np.ndarray  # (T,) leaves in the root group, real + virtual
-    p_fail: np.ndarray  # (T,) P(every leaf of the group fails)
-    p_succ: np.ndarray  # (T,) P(every leaf succeeds)
-    p_none: np.ndarray  # (T,) 1 while the group is empty (both events hold vacuously)
+    __slots__ = ("uid", "anchors", "a", "b", "j", "j_round", "pf", "ps", "bonus", "inv_cost", "n", "F", "S", "Z")
 
-    def place(self, t: np.ndarray, v: np.ndarray, count: int = 1) -> None:
+    def __init__(self, uid: str, anchors: list[int], a: list[float], b: list[float], bonus: list[float],
+                 inv_cost: list[float], s_root: int, f_root: int):
+        self.uid, self.anchors, self.a, self.b = uid, anchors, a, b
+        self.bonus, self.inv_cost = bonus, inv_cost
+        m = len(anchors)
+        self.j = [0] * m
+        self.j_round = [0] * m
+        self.pf = [bi / (ai + bi) for ai, bi in zip(a, b)]
+        self.ps = [ai / (ai + bi) for ai, bi in zip(a, b)]
+        self.n = s_root + f_root
+        self.F = 1.0 if s_root == 0 else 0.0
+        self.S = 1.0 if f_root == 0 else 0.0
+        self.Z = 1.0 if self.n == 0 else 0.0
+
+    def place(self, v: int, count: int = 1) -> None:
+        a, b = self.a[v], self.b[v]
         for _ in range(count):
-            self.p_fail[t] *= self.pf[t, v]
-            self.p_succ[t] *= self.ps[t, v]
-            self.p_none[t] = 0.0
-            self.n[t] += 1
-            self.j[t, v] += 1
-            a, b, j = self.a[t, v], self.b[t, v], self.j[t, v]
-            self.pf[t, v] = (b + j) / (a + b + j)
-            self.ps[t, v] = (a + j) / (a + b + j)
-        self.j_round[t, v] += count
+            self.F *= self.pf[v]
+            self.S *= self.ps[v]
+            self.Z = 0.0
+            self.n += 1
+            j = self.j[v] = self.j[v] + 1
+            self.pf[v] = (b + j) / (a + b + j)
+            self.ps[v] = (a + j) / (a + b + j)
+        self.j_round[v] += count
 
-    def effective_gain(self) -> np.ndarray:
+    def effective_gains(self) -> list[float]:
         """Expected increase in leaves with a non-zero advantage from one more continuation."""
-        n, f, s, z = self.n[:, None], self.p_fail[:, None], self.p_succ[:, None], self.p_none[:, None]
-        return (n + 1) * (1 - f * self.pf - s * self.ps) - n * (1 - f - s + z)
+        c = self.n + 1
+        base = self.n * (1 - self.F - self.S + self.Z)
+        cf, cs = c * self.F, c * self.S
+        return [c - cf * pf - cs * ps - base for pf, ps in zip(self.pf, self.ps)]
+
+    def best(self, max_per_anchor: int) -> tuple[float, int]:
+        """(score, index) of the best open anchor; (-inf, -1) if none is open."""
+        c = self.n + 1
+        base = self.n * (1 - self.F - self.S + self.Z)
+        cf, cs = c * self.F, c * self.S
+        best, arg = NEG, -1
+        for v, (pf, ps, bo, ic, jr) in enumerate(zip(self.pf, self.ps, self.bonus, self.inv_cost, self.j_round)):
+            if jr < max_per_anchor:
+                sc = (c - cf * pf - cs * ps - base + bo) * ic
+                if sc > best:
+                    best, arg = sc, v
+        return best, arg
 
 
 class TraceAllocator(Allocator):
@@ -208,54 +226,56 @@ class TraceAllocator(Allocator):
             extra = 0
         if not uids:
             return []
-        forest = self._forest(ctx, uids)
-        k = np.array([want[u] for u in uids], dtype=np.int64)
+        plans = self._plans(ctx, uids)
+        k = [want[u] for u in uids]
         if not final:
             # Trees where even the best continuation is nearly worthless release this round's
             # share to a pool that trees with a high marginal gain draw from.
-            best = np.where(forest.anchors >= 0, forest.effective_gain(), NEG).max(axis=1)
-            hopeless = best < 0.05
-            released = int(k[hopeless].sum())
-            ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + released
-            for u, kk in zip(np.array(uids)[hopeless], k[hopeless]):
-                ctx.quota[u] -= int(kk)
-            k[hopeless] = 0
-            extra = min(ctx.state["release_pool"], int(k.sum()))
-            ctx.state["release_pool"] -= extra
-        counts = self._greedy(forest, k, extra)
+            for t, plan in enumerate(plans):
+                if max(plan.effective_gains(), default=NEG) < 0.05:
+                    ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + k[t]
+                    ctx.quota[plan.uid] -= k[t]
+                    k[t] = 0
+            extra = min(ctx.state.get("release_pool", 0), sum(k))
+            ctx.state["release_pool"] = ctx.state.get("release_pool", 0) - extra
+        counts = self._greedy(plans, k, extra)
         out: list[Launch] = []
-        for t, u in enumerate(uids):
-            placed = 0
-            for v in np.flatnonzero(counts[t]):
-                out.append(Launch(u, int(forest.anchors[t, v]), int(counts[t, v])))
-                placed += int(counts[t, v])
+        for plan, c in zip(plans, counts):
+            for v, n in sorted(c.items()):
+                out.append(Launch(plan.uid, plan.anchors[v], n))
             if not final:
-                ctx.quota[u] = max(0, ctx.quota[u] - placed)
+                ctx.quota[plan.uid] = max(0, ctx.quota[plan.uid] - sum(c.values()))
         return out
 
-    def _greedy(self, fo: _Forest, k: np.ndarray, extra: int) -> np.ndarray:
-        """Place leaves one at a time per tree (every tree with quota left takes its best anchor
-        each pass), then place ``extra`` leaves one by one wherever the score is highest."""
-        counts = np.zeros(fo.anchors.shape, dtype=np.int64)
-        open_ = (fo.anchors >= 0) & (fo.j_round < self.params.max_per_anchor)
-        rows = np.arange(len(fo.uids))
-        while True:
-            score = np.where(open_, (fo.effective_gain() + fo.contrast) * fo.inv_cost, NEG)
-            best = score.argmax(axis=1)
-            best_val = score[rows, best]
-            active = (k > 0) & np.isfinite(best_val)
-            if active.any():
-                t, v = rows[active], best[active]
-                k[active] -= 1
-            elif extra > 0 and np.isfinite(best_val).any():
-                t = np.array([int(best_val.argmax())])
-                v = best[t]
-                extra -= 1
-            else:
-                break
-            fo.place(t, v)
-            counts[t, v] += 1
-            open_[t, v] = fo.j_round[t, v] < self.params.max_per_anchor
+    def _greedy(self, plans: list[_TreePlan], k: list[int], extra: int) -> list[dict[int, int]]:
+        """Each tree places its own ``k`` leaves one at a time at its best anchor; then ``extra``
+        leaves go one by one to whichever tree's best anchor scores highest (a heap of each
+        tree's best score). Returns anchor index -> count per tree."""
+        cap = self.params.max_per_anchor
+        counts: list[dict[int, int]] = [{} for _ in plans]
+        for plan, kk, c in zip(plans, k, counts):
+            for _ in range(kk):
+                score, v = plan.best(cap)
+                if v < 0:
+                    break
+                plan.place(v)
+                c[v] = c.get(v, 0) + 1
+        heap = []
+        if extra > 0:
+            for t, plan in enumerate(plans):
+                score, v = plan.best(cap)
+                if v >= 0:
+                    heap.append((-score, t, v))
+            heapq.heapify(heap)
+        while extra > 0 and heap:
+            _, t, v = heapq.heappop(heap)
+            plan = plans[t]
+            plan.place(v)
+            counts[t][v] = counts[t].get(v, 0) + 1
+            extra -= 1
+            score, v = plan.best(cap)
+            if v >= 0:
+                heapq.heappush(heap, (-score, t, v))
         return counts
 
     def _predictions(self, ctx: PlanContext, trees: Sequence[RolloutTree], ids: Sequence[list[int]]) -> list[np.ndarray]:
@@ -272,35 +292,14 @@ class TraceAllocator(Allocator):
                     cache[(t.uid, i)] = (p, sd)
         return [np.array([cache[(t.uid, i)] for i in nid], np.float64).reshape(-1, 2).T for t, nid in zip(trees, ids)]
 
-    def _forest(self, ctx: PlanContext, uids: Sequence[str]) -> _Forest:
+    def _plans(self, ctx: PlanContext, uids: Sequence[str]) -> list[_TreePlan]:
         trees = [ctx.trees[u] for u in uids]
         views = [tree_view(t, ctx.threshold, ctx.max_turns) for t in trees]
         preds = self._predictions(ctx, trees, [v.anchors for v in views])
-        shape = (len(trees), max(len(v.anchors) for v in views))
-        T = shape[0]
-        fo = _Forest(
-            uids=list(uids),
-            anchors=np.full(shape, -1, np.int64),
-            a=np.ones(shape),
-            b=np.ones(shape),
-            contrast=np.zeros(shape),
-            inv_cost=np.zeros(shape),
-            j=np.zeros(shape),
-            j_round=np.zeros(shape),
-            pf=np.full(shape, 0.5),
-            ps=np.full(shape, 0.5),
-            n=np.zeros(T),
-            p_fail=np.ones(T),
-            p_succ=np.ones(T),
-            p_none=np.ones(T),
-        )
-        for t, (tree, view, pred) in enumerate(zip(trees, views, preds)):
-            self._fill_tree(ctx, fo, t, tree, view, pred)
-        return fo
+        return [self._plan(ctx, tree, view, pred) for tree, view, pred in zip(trees, views, preds)]
 
-    def _fill_tree(self, ctx: PlanContext, fo: _Forest, t: int, tree: RolloutTree, view: _TreeView, pred: np.ndarray) -> None:
+    def _plan(self, ctx: PlanContext, tree: RolloutTree, view: _TreeView, pred: np.ndarray) -> _TreePlan:
         ids = view.anchors
-        m = len(ids)
         s = np.array([view.s[i] for i in ids], np.float64)
         f = np.array([view.f[i] for i in ids], np.float64)
         p, std = pred
@@ -310,16 +309,12 @@ class TraceAllocator(Allocator):
         hs = np.array([view.hs[i] for i in ids], np.float64)
         hf = np.array([view.hf[i] for i in ids], np.float64)
         cost = np.maximum(view.mean_total - np.array([view.cum[i] for i in ids], np.float64), max(view.mean_turn, 1.0))
-        fo.anchors[t, :m] = ids
-        fo.a[t, :m], fo.b[t, :m] = a, b
-        fo.pf[t, :m], fo.ps[t, :m] = b / (a + b), a / (a + b)
-        fo.contrast[t, :m] = self.params.contrast_weight * (q * hf + (1 - q) * hs)
-        fo.inv_cost[t, :m] = cost ** -self.params.cost_exponent
-        n_obs = view.s[ROOT] + view.f[ROOT]
-        fo.n[t] = n_obs
-        fo.p_fail[t] = 1.0 if view.s[ROOT] == 0 else 0.0
-        fo.p_succ[t] = 1.0 if view.f[ROOT] == 0 else 0.0
-        fo.p_none[t] = 1.0 if n_obs == 0 else 0.0
+        plan = _TreePlan(
+            tree.uid, ids, a.tolist(), b.tolist(),
+            (self.params.contrast_weight * (q * hf + (1 - q) * hs)).tolist(),
+            (cost ** -self.params.cost_exponent).tolist(),
+            view.s[ROOT], view.f[ROOT],
+        )
         # Leaves still in flight are draws we have not seen yet.
         flying = ctx.in_flight.get(tree.uid)
         if flying:
@@ -327,8 +322,9 @@ class TraceAllocator(Allocator):
             for anchor, count in Counter(flying).items():
                 v = pos.get(anchor)
                 if v is not None:
-                    fo.place(np.array([t]), np.array([v]), count)
-            fo.j_round[t] = 0
+                    plan.place(v, count)
+            plan.j_round = [0] * len(ids)
+        return plan
 
 
 class OracleAllocator(TraceAllocator):

@@ -73,21 +73,22 @@ class HybridPredictor(Predictor):
         self.shared, self.beta, self.kappa_max = shared, beta, kappa_max
         self.kappa_fit: float | None = None
 
-    def _prior(self, anchors: AnchorBatch) -> tuple[np.ndarray, np.ndarray]:
-        kmax = self.kappa_max if self.kappa_fit is None else min(self.kappa_max, self.kappa_fit)
-        return self.shared.predict(anchors).beta_params(kappa_min=min(1.0, kmax), kappa_max=kmax)
-
     def predict(self, anchors: AnchorBatch) -> Prediction:
-        a, b = self._prior(anchors)
-        es, ef = self.beta.evidence(anchors.keys)
+        return self._posterior(self.shared.predict(anchors), anchors.keys)
+
+    def _posterior(self, shared: Prediction, keys: Sequence[str]) -> Prediction:
+        kmax = self.kappa_max if self.kappa_fit is None else min(self.kappa_max, self.kappa_fit)
+        a, b = shared.beta_params(kappa_min=min(1.0, kmax), kappa_max=kmax)
+        es, ef = self.beta.evidence(keys)
         a, b = a + es, b + ef
         n = a + b
         return Prediction(p=a / n, std=np.sqrt(a * b / (n * n * (n + 1))))
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
         y = np.asarray(outcomes, float)
-        metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/hybrid_")
-        m = self.shared.predict(anchors).p  # before the update: out-of-sample for this batch
+        shared = self.shared.predict(anchors)  # before the update: out-of-sample for this batch
+        m = shared.p
+        metrics = calibration_report(self._posterior(shared, anchors.keys).p, y, prefix="predictor/hybrid_")
         metrics.update(self.shared.update(anchors, outcomes))
         metrics.update(self.beta.update(anchors, outcomes))
         if self.shared.updates > 1:  # the first update's "means" are the untrained 0.5 everywhere
