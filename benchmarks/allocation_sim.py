@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-fraction", type=float, default=0.75, help="trace.ready_fraction for every allocator")
     ap.add_argument("--schedule", choices=("pipelined", "rounds"), default="pipelined")
     ap.add_argument("--rounds", type=int, default=1, help="trace.allocation.rounds for every allocator")
+    ap.add_argument("--release-gain", type=float, default=1.0, help="trace.allocation.release_gain (trace, oracle)")
     ap.add_argument("--planner-repeats", type=int, default=None, help="timed production-scale steps (default 5; 1 with --quick)")
     ap.add_argument("--no-planner", action="store_true", help="skip the production-scale planner timing")
     ap.add_argument("--plot", default=None, help="write the ESR / informative-comparison plot (PNG) here")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     if seeds < 1:
         ap.error("--seeds must be >= 1")
-    settings = Settings(schedule=args.schedule, ready_fraction=args.ready_fraction, allocation=(("rounds", args.rounds),))
+    settings = Settings(schedule=args.schedule, ready_fraction=args.ready_fraction, allocation=(("rounds", args.rounds), ("release_gain", args.release_gain)))
     t0 = time.time()
     jobs = [(r, s, settings) for r in regimes.values() for s in range(seeds)]
     per: dict[str, dict[int, dict]] = {name: {} for name in regimes}

@@ -38,6 +38,9 @@ class AllocatorConfig(_Strict):
     contrast_weight: float = Field(default=0.5, ge=0.0)  # trace: weight of prefix-level contrast gain
     cost_exponent: float = Field(default=0.5, ge=0.0)  # trace: gain / expected_tokens ** cost_exponent
     max_per_anchor: int = Field(default=4, ge=1)  # trace: continuations per prefix per round
+    # trace: a tree whose best continuation is expected to add fewer effective leaves than this
+    # releases its round share to trees with a higher marginal gain (docs/benchmarks.md measures it)
+    release_gain: float = Field(default=0.05, ge=0.0)
     entropy_weight: float = Field(default=1.0, ge=0.0)  # entropy: weight of the entropy rise (ARPO w)
 
 

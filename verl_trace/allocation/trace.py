@@ -232,7 +232,7 @@ class TraceAllocator(Allocator):
             # Trees where even the best continuation is nearly worthless release this round's
             # share to a pool that trees with a high marginal gain draw from.
             for t, plan in enumerate(plans):
-                if max(plan.effective_gains(), default=NEG) < 0.05:
+                if max(plan.effective_gains(), default=NEG) < self.params.release_gain:
                     ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + k[t]
                     ctx.quota[plan.uid] -= k[t]
                     k[t] = 0
