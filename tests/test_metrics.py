@@ -76,3 +76,20 @@ def test_merge_takes_extremes_and_the_longest_duration():
     assert merged == {
         "trace/leaves_per_prompt/min": 2.0, "trace/leaves_per_prompt/max": 6.0, "trace/step_seconds": 2.5, "plan/failed": 3.0,
     }  # fmt: skip
+
+def test_flat_grpo_estimator_counts_every_usable_leaf_of_a_mixed_tree():
+    """``grpo`` (ARPO) ignores the tree: all usable leaves are effective iff the group is mixed."""
+    from verl_trace.metrics import effective_leaves
+    from verl_trace.tree import ROOT, LeafStatus, RolloutTree
+
+    tree = RolloutTree("g")
+    a = tree.add_turn(ROOT, [1], [2])
+    tree.finish(tree.add_turn(a, [1]), 1.0)
+    tree.finish(tree.add_turn(a, [1]), 0.0)
+    tree.finish(tree.add_turn(ROOT, [1]), 0.0)
+    tree.finish(tree.add_turn(ROOT, [1]), None, LeafStatus.FAILED)
+    assert effective_leaves(tree, "grpo") == 3
+    same = RolloutTree("s")
+    for _ in range(3):
+        same.finish(same.add_turn(ROOT, [1]), 1.0)
+    assert effective_leaves(same, "grpo") == 0

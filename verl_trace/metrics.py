@@ -8,18 +8,22 @@ from typing import Literal
 
 import numpy as np
 
-from .advantage import LeafRecord, tree_grpo_leaf_advantages, tree_turn_advantages
+from .advantage import LeafRecord, group_turn_advantages, tree_grpo_leaf_advantages, tree_turn_advantages
 from .config import AdvantageConfig
 from .tree import ROOT, LeafStatus, RolloutTree
 
-Estimator = Literal["trace", "tree_grpo"]
+Estimator = Literal["trace", "tree_grpo", "grpo"]
 
 
 def effective_leaves(tree: RolloutTree, estimator: Estimator = "trace", cfg: AdvantageConfig | None = None) -> int:
     """Leaves that receive a non-zero advantage from ``estimator`` on at least one of their turns
-    that generated tokens."""
+    that generated tokens. ``grpo`` is GRPO over all leaves of the tree as one flat group, ignoring
+    the tree (what ARPO trains with)."""
     cfg = cfg or AdvantageConfig()
     leaves = tree.leaves()
+    if estimator == "grpo":
+        recs = [LeafRecord((ROOT, -1 - i), 0.0 if n.reward is None else n.reward, n.status) for i, n in enumerate(leaves)]
+        return sum(1 for a in group_turn_advantages(recs, cfg) if np.any(a != 0))
     if estimator == "tree_grpo":
         recs = [LeafRecord(tuple(tree.path(n.node_id)), 0.0 if n.reward is None else n.reward, n.status) for n in leaves]
         return int(np.count_nonzero(tree_grpo_leaf_advantages(recs, cfg)))
