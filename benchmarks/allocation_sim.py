@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--schedule", choices=("pipelined", "rounds"), default="pipelined")
     ap.add_argument("--rounds", type=int, default=1, help="trace.allocation.rounds for every allocator")
     ap.add_argument("--release-gain", type=float, default=1.0, help="trace.allocation.release_gain (trace, oracle)")
+    ap.add_argument("--pool-factor", type=float, default=None, help="override run.pool_factor of every regime")
     ap.add_argument("--planner-repeats", type=int, default=None, help="timed production-scale steps (default 5; 1 with --quick)")
     ap.add_argument("--no-planner", action="store_true", help="skip the production-scale planner timing")
     ap.add_argument("--plot", default=None, help="write the ESR / informative-comparison plot (PNG) here")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "default" not in regimes:
         console.print("[yellow]no regime named 'default' in --regimes; goals are reported for 'default' only[/yellow]")
+    if args.pool_factor is not None:
+        regimes = {k: v.model_copy(update={"run": v.run.model_copy(update={"pool_factor": args.pool_factor})}) for k, v in regimes.items()}
     if args.quick:
         regimes = {k: quick_regime(v) for k, v in regimes.items()}
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
