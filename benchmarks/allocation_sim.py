@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that the tables do not wrap
+        console = Console(width=200)
     try:
         regimes = load_regimes(args.regimes)
     except RegimeError as e:

@@ -47,11 +47,6 @@ def mixed_probability(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.clip(1.0 - beta_moment(a, b, n) - beta_moment(b, a, n), 0.0, 1.0)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def prefix_prior(
     a: np.ndarray, b: np.ndarray, p: np.ndarray, s: np.ndarray, f: np.ndarray, s_root: float, f_root: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +65,9 @@ def prefix_prior(
         return a, b
     out_a = a[0] + s_root - s[1:]
     out_b = b[0] + f_root - f[1:]
-    mean = 1.0 / (1.0 + np.exp(-(_logit(out_a / (out_a + out_b)) + _logit(p[1:]) - _logit(p[:1]))))
+    pc = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)
+    odds = (out_a / out_b) * (pc[1:] / (1 - pc[1:])) * ((1 - pc[0]) / pc[0])  # logits add: odds multiply
+    mean = odds / (1.0 + odds)
     kappa = np.minimum(a[1:] + b[1:], out_a + out_b)
     a[1:], b[1:] = kappa * mean, kappa * (1 - mean)
     return a, b

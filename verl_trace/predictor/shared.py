@@ -93,7 +93,8 @@ class EnsemblePredictor(Predictor):
             n = len(anchors)
             return Prediction(p=np.full(n, 0.5), std=np.full(n, 0.5 / 3**0.5))  # uniform prior
         probs = self._forward_numpy(x)
-        return Prediction(p=probs.mean(0), std=probs.std(0))
+        mean = probs.mean(0)
+        return Prediction(p=mean, std=np.sqrt(np.maximum((probs * probs).mean(0) - mean * mean, 0.0)))
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """(n, d) -> (members, n) probabilities. Inference runs in numpy on a copy of the weights
