@@ -39,8 +39,6 @@ class StepRun:
     plan_wall_s: float  # real (wall-clock) seconds inside planner.start / leaves_done
     plan_cpu_s: float  # CPU seconds of this thread inside them (robust on a shared machine)
     events: int  # leaves_done calls
-    launches: int
-    slot_busy_s: float = 0.0
 
 
 class SlotExecutor:
@@ -57,15 +55,13 @@ class SlotExecutor:
         waiting: deque[_Job] = deque()
         free = self.slots
         seq = 0
-        busy = 0.0
         now = 0.0
-        stats = StepRun(trees={}, makespan_s=0.0, plan_wall_s=0.0, plan_cpu_s=0.0, events=0, launches=0)
+        stats = StepRun(trees={}, makespan_s=0.0, plan_wall_s=0.0, plan_cpu_s=0.0, events=0)
 
         def start_turn(job: _Job, t: float) -> None:
-            nonlocal seq, free, busy
+            nonlocal seq, free
             d = job.turns[job.k]
             dur = d.prefill_tokens / self.prefill + d.action_tokens / self.decode
-            busy += dur
             free -= 1
             seq += 1
             heapq.heappush(heap, (t + dur, seq, _GEN_DONE, job))
@@ -77,7 +73,6 @@ class SlotExecutor:
                 waiting.append(job)
 
         def launch(issued: Sequence[Issued], t: float) -> None:
-            stats.launches += len(issued)
             for x in issued:
                 for _ in range(x.count):
                     request(_Job(x, env.continuation(x.uid, x.anchor)), t)
@@ -116,5 +111,4 @@ class SlotExecutor:
             raise RuntimeError("executor drained its queue but the planner is not done")
         stats.trees = dict(planner.ctx.trees)
         stats.makespan_s = now
-        stats.slot_busy_s = busy
         return stats
