@@ -12,7 +12,8 @@ server), tools and reward path, and afterwards:
 
 1. puts the step's ``trace/*`` and ``plan/*`` metrics into TransferQueue
    (``protocol.METRICS_PARTITION``; the trainer merges and logs them);
-2. trains the job's shared predictor on the finished trees (for allocators that use one);
+2. queues the finished trees at the job's shared predictor (for allocators that use one), which
+   trains on them while the trainer works, off the step's critical path;
 3. deletes the prompts it did not choose as roots (``tq.kv_clear``), writes every leaf of every
    tree with verl's own ``_agent_loop_postprocess`` (key ``{uid}_{session}_0``, one session per
    leaf, ``extra_fields["trace"]``), and marks each root's prompt ``finished`` once all its leaves
@@ -126,11 +127,20 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             logger.exception("TRACE rollout of %d prompts (%d roots) failed", sub.size, sub.n_roots)
             await self._write(sub, None)
             return
+        update = None
         if result is not None:
             # Neither is worth losing the step's trees for: a failure is logged, the trees written.
             await _logged(f"TRACE step {sub.global_steps}: metrics", self._publish_metrics(sub, result.metrics))
-            await _logged(f"TRACE step {sub.global_steps}: predictor update", self._update_predictor(result))
+            try:
+                update = await self._send_predictor_update(result)
+            except Exception:
+                logger.exception("TRACE step %d: predictor update could not be sent", sub.global_steps)
+        # The trainer waits for the written trees, not for the predictor: the update is already
+        # queued at the actor (which serves calls in order, so the next step's predictions see it)
+        # and finishes while the trees are written and the policy is trained.
         await self._write(sub, result)
+        if update is not None:
+            await _logged(f"TRACE step {sub.global_steps}: predictor update", update)
 
     async def _roll_out(self, sub: Submission) -> StepResult:
         tc = self.trace_config
@@ -167,12 +177,12 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         key = f"step{sub.global_steps}-{sub.id}"
         await tq.async_kv_put(key=key, partition_id=METRICS_PARTITION, tag={k: float(v) for k, v in metrics.items()})
 
-    async def _update_predictor(self, result: StepResult) -> None:
+    async def _send_predictor_update(self, result: StepResult) -> Any:
+        """Queue the step's (anchor, outcome) pairs at the predictor actor; returns the pending call."""
         if self.predictor_handle is None:
-            return
+            return None
         anchors, outcomes = await asyncio.to_thread(result.training_batch)
-        if len(anchors):
-            await self.predictor_handle.update.remote(anchors, outcomes)
+        return self.predictor_handle.update.remote(anchors, outcomes) if len(anchors) else None
 
     async def _write(self, sub: Submission, result: StepResult | None) -> None:
         """Settle the pool (``Submission.settle``), then write each tree and finish its prompt.
