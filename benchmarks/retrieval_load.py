@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/verl_trace_retrieval_bench"),
                    help="generated corpus and saved indexes (reused by later runs)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_load.json")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "figures" / "retrieval_load.png")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "retrieval_load.png")
     args = p.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the server

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -118,43 +117,9 @@ def make_config(**rollout: Any):
     return OmegaConf.create({"actor_rollout_ref": {"rollout": cfg}, "data": {"apply_chat_template_kwargs": {}}})
 
 
-def _schema(name: str, description: str):
-    from verl.tools.schemas import OpenAIFunctionToolSchema
-
-    return OpenAIFunctionToolSchema.model_validate(
-        {
-            "type": "function",
-            "function": {
-                "name": name,
-                "description": description,
-                "parameters": {
-                    "type": "object",
-                    "properties": {"expression": {"type": "string", "description": "e.g. 12 + 30"}},
-                    "required": ["expression"],
-                },
-            },
-        }
-    )
-
-
-def _tool_classes():
+def _fault_tools():
     from verl.tools.base_tool import BaseTool
     from verl.tools.schemas import ToolResponse
-
-    class CalculatorTool(BaseTool):
-        """Adds, subtracts or multiplies two integers; raises on anything else. Notes each call in
-        the trajectory's ``extra_fields`` (per-trajectory tool state, as verl asks tools to keep it)."""
-
-        async def execute(self, instance_id, parameters, **kwargs):
-            m = re.fullmatch(r"\s*(-?\d+)\s*([+*-])\s*(-?\d+)\s*", str(parameters.get("expression", "")))
-            if m is None:
-                raise ValueError(f"cannot evaluate {parameters!r}")
-            a, op, b = int(m[1]), m[2], int(m[3])
-            value = a + b if op == "+" else a - b if op == "-" else a * b
-            agent_data = kwargs.get("agent_data")
-            if agent_data is not None:
-                agent_data.extra_fields.setdefault("calculator_calls", []).append(parameters["expression"])
-            return ToolResponse(text=str(value)), 0.5, {}
 
     class BrokenTool(BaseTool):
         async def execute(self, instance_id, parameters, **kwargs):
@@ -165,62 +130,16 @@ def _tool_classes():
             await asyncio.sleep(30)
             return ToolResponse(text="too late"), 0.0, {}
 
-    return CalculatorTool, BrokenTool, SlowTool
+    return BrokenTool, SlowTool
 
 
 def make_tool(cls, name: str = "calculator"):
+    from verl.tools.schemas import OpenAIFunctionToolSchema
+
+    from verl_trace.rollout.arithmetic import tool_schema
+
     with contextlib.redirect_stdout(io.StringIO()):  # BaseTool prints its schema
-        return cls(config={"type": "native"}, tool_schema=_schema(name, "integer arithmetic"))
-
-
-# ---------------------------------------------------------------------- the arithmetic task
-def task_row(a: int, b: int) -> dict[str, Any]:
-    return {
-        "raw_prompt": [{"role": "user", "content": f"Compute {a} + {b} with the calculator."}],
-        "tools_kwargs": {},
-        "extra_info": {},
-        "data_source": "arith",
-        "reward_model": {"ground_truth": str(a + b)},
-    }
-
-
-def _operands(text: str) -> tuple[int, int]:
-    m = re.search(r"Compute (-?\d+) \+ (-?\d+)", text)
-    return int(m[1]), int(m[2])
-
-
-def _last_tool_result(text: str) -> str | None:
-    hits = re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", text, flags=re.S)
-    return hits[-1] if hits else None
-
-
-def call_text(expression: str, tool: str = "calculator") -> str:
-    return f'<tool_call>{{"name": "{tool}", "arguments": {{"expression": "{expression}"}}}}</tool_call>'
-
-
-def arithmetic_policy(p_call: float = 0.8, p_again: float = 0.3, p_right: float = 0.6, tool: str = "calculator"):
-    """Turn 0: call the tool (else guess). Later turns: maybe call again, else answer, right with
-    probability ``p_right`` when a tool result is in view."""
-
-    def policy(call) -> str:
-        a, b = _operands(call.text)
-        rng = call.rng
-        if call.turn == 0 and rng.random() < p_call:
-            return f"<think>add them</think>{call_text(f'{a} + {b}', tool)}"
-        if call.turn == 1 and rng.random() < p_again:
-            return call_text(f"{a} + {b}", tool)
-        seen = _last_tool_result(call.text)
-        right = seen is not None and seen.strip().lstrip("-").isdigit() and rng.random() < p_right
-        guess = int(seen) if right else a + b + int(rng.integers(1, 5))
-        return f"The answer is <answer>{guess}</answer>"
-
-    return policy
-
-
-def arithmetic_score(data_source, solution_str, ground_truth, extra_info=None) -> float:
-    """A verl-style ``compute_score``: 1 if the last <answer> is the ground truth."""
-    answers = re.findall(r"<answer>(.*?)</answer>", solution_str)
-    return float(bool(answers) and answers[-1].strip() == ground_truth)
+        return cls(config={"type": "native"}, tool_schema=OpenAIFunctionToolSchema.model_validate(tool_schema(name)))
 
 
 @pytest.fixture(scope="session")
@@ -239,20 +158,21 @@ def tiny_model(tokenizer):
 
 @pytest.fixture(scope="session")
 def rollout_kit(tokenizer):
-    """Helpers for the rollout tests (see the module docstring)."""
-    from verl_trace.rollout import compute_score_reward
+    """Helpers for the rollout tests (see the module docstring); the arithmetic task itself is
+    ``verl_trace.rollout.arithmetic`` (Ray workers import it too)."""
+    from verl_trace.rollout import arithmetic, compute_score_reward
 
-    calculator, broken, slow = _tool_classes()
+    broken, slow = _fault_tools()
     return SimpleNamespace(
         make_config=make_config,
         make_tool=make_tool,
-        CalculatorTool=calculator,
+        CalculatorTool=arithmetic.CalculatorTool,
         BrokenTool=broken,
         SlowTool=slow,
-        task_row=task_row,
-        call_text=call_text,
-        arithmetic_policy=arithmetic_policy,
-        arithmetic_reward=compute_score_reward(arithmetic_score, tokenizer),
-        operands=_operands,
-        last_tool_result=_last_tool_result,
+        task_row=arithmetic.task_row,
+        call_text=arithmetic.call_text,
+        arithmetic_policy=arithmetic.arithmetic_policy,
+        arithmetic_reward=compute_score_reward(arithmetic.compute_score, tokenizer),
+        operands=arithmetic.operands,
+        last_tool_result=arithmetic.last_tool_result,
     )

@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from verl_trace.metrics import effective_leaves, forest_metrics, informative_comparisons
+from verl_trace.metrics import effective_leaves, forest_metrics, informative_comparisons, merge_step_metrics
 from verl_trace.tree import ROOT, LeafStatus, RolloutTree
 
 
@@ -46,3 +48,48 @@ def test_failed_leaves_are_never_effective():
     assert effective_leaves(t) == 4
     assert effective_leaves(t, "tree_grpo") == 4
     assert forest_metrics([t], prefix="")["leaves_failed"] == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 8), parts=st.integers(1, 4), fail=st.sampled_from([0.0, 0.3]))
+def test_merging_the_metrics_of_disjoint_forests_gives_the_metrics_of_their_union(make_world, seed, n, parts, fail):
+    """What the trainer logs for a step whose trees were grown by several rollout workers."""
+    from verl_trace.allocation import Launch
+
+    world = make_world(seed=seed, fail_prob=fail)
+    trees = world.pool(n)
+    for t in trees:
+        world.rollout(t, Launch(t.uid, ROOT, 3))
+    groups = [trees[i::parts] for i in range(min(parts, n))]  # a worker without roots reports nothing
+    merged = merge_step_metrics([forest_metrics(g) for g in groups])
+    whole = forest_metrics(trees)
+    assert merged.keys() == whole.keys()
+    for key, value in whole.items():
+        assert merged[key] == pytest.approx(value), key
+
+
+def test_merge_takes_extremes_and_the_longest_duration():
+    merged = merge_step_metrics([
+        {"trace/leaves_per_prompt/min": 2.0, "trace/leaves_per_prompt/max": 4.0, "trace/step_seconds": 1.5, "plan/failed": 1.0},
+        {"trace/leaves_per_prompt/min": 3.0, "trace/leaves_per_prompt/max": 6.0, "trace/step_seconds": 2.5, "plan/failed": 2.0},
+    ])  # fmt: skip
+    assert merged == {
+        "trace/leaves_per_prompt/min": 2.0, "trace/leaves_per_prompt/max": 6.0, "trace/step_seconds": 2.5, "plan/failed": 3.0,
+    }  # fmt: skip
+
+def test_flat_grpo_estimator_counts_every_usable_leaf_of_a_mixed_tree():
+    """``grpo`` (ARPO) ignores the tree: all usable leaves are effective iff the group is mixed."""
+    from verl_trace.metrics import effective_leaves
+    from verl_trace.tree import ROOT, LeafStatus, RolloutTree
+
+    tree = RolloutTree("g")
+    a = tree.add_turn(ROOT, [1], [2])
+    tree.finish(tree.add_turn(a, [1]), 1.0)
+    tree.finish(tree.add_turn(a, [1]), 0.0)
+    tree.finish(tree.add_turn(ROOT, [1]), 0.0)
+    tree.finish(tree.add_turn(ROOT, [1]), None, LeafStatus.FAILED)
+    assert effective_leaves(tree, "grpo") == 3
+    same = RolloutTree("s")
+    for _ in range(3):
+        same.finish(same.add_turn(ROOT, [1]), 1.0)
+    assert effective_leaves(same, "grpo") == 0

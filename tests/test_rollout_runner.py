@@ -154,6 +154,30 @@ def test_continuations_share_the_prefix_nodes_and_the_advantage_contract(rollout
     assert adv.abs().sum() > 0
 
 
+def test_planning_in_a_thread_keeps_the_loop_free_and_spends_the_same_budget(rollout_kit, tokenizer):
+    """``plan_in_thread`` (what the Ray worker sets): grafting, featurizing and the planner with its
+    predictor calls run off the event loop's thread; the step is otherwise the same."""
+    import threading
+
+    kit = rollout_kit
+    cfg = kit.make_config()
+    tc = TraceConfig(allocator="trace")
+    threads = set()
+
+    def where(tree, node_id):
+        if node_id != ROOT:  # roots are made before planning starts
+            threads.add(threading.get_ident())
+
+    result, _ = run_step(
+        kit, tokenizer, cfg, tc, predictor=build_predictor(tc.predictor), on_node=where, plan_in_thread=True
+    )
+    assert threads and threading.get_ident() not in threads
+    m = result.metrics
+    assert m["plan/launched"] == m["trace/leaves"] == N_ROOTS * ROLLOUT_N and m["plan/unspent_leaves"] == 0
+    assert_leaves_consistent(result, cfg.actor_rollout_ref.rollout.response_length)
+    assert_advantages_match_trees(result)
+
+
 def test_request_routing_sticky_per_tree(rollout_kit, tokenizer):
     kit = rollout_kit
     cfg = kit.make_config()

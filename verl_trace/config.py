@@ -31,13 +31,16 @@ class AllocatorConfig(_Strict):
     """Parameters shared by the allocators (each reads the ones it needs; see docs/algorithm.md)."""
 
     initial_fraction: float = Field(default=0.5, gt=0.0, le=1.0)  # share of a root's leaves spent on first chains
-    rounds: int = Field(default=2, ge=0)  # expansion rounds after the first chains
+    rounds: int = Field(default=1, ge=0)  # expansion rounds after the first chains
     branch_width: int = Field(default=2, ge=1)  # continuations per chosen prefix (tree_random, entropy)
     pool_factor: float = Field(default=1.0, ge=1.0)  # candidate roots = pool_factor * batch prompts
     thompson: bool = True  # prompt: Thompson-sample success rates before ranking (MoPPS)
     contrast_weight: float = Field(default=0.5, ge=0.0)  # trace: weight of prefix-level contrast gain
     cost_exponent: float = Field(default=0.5, ge=0.0)  # trace: gain / expected_tokens ** cost_exponent
     max_per_anchor: int = Field(default=4, ge=1)  # trace: continuations per prefix per round
+    # trace: a tree whose best continuation is expected to add fewer effective leaves than this
+    # releases its round share to trees with a higher marginal gain (docs/benchmarks.md measures it)
+    release_gain: float = Field(default=1.0, ge=0.0)
     entropy_weight: float = Field(default=1.0, ge=0.0)  # entropy: weight of the entropy rise (ARPO w)
 
 
@@ -72,7 +75,7 @@ class TraceConfig(_Strict):
     allocator: Literal["uniform", "prompt", "tree_random", "entropy", "trace", "oracle"] = "trace"
     schedule: Literal["pipelined", "rounds"] = "pipelined"
     # A tree is re-planned once this share of its current round's leaves is back (1.0 = wait for all).
-    ready_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    ready_fraction: float = Field(default=0.75, gt=0.0, le=1.0)
     max_turns: int | None = Field(default=None, ge=1)  # None: rollout.multi_turn.max_assistant_turns
     success_threshold: float = 0.5  # reward >= threshold counts as success for allocation
     seed: int = 0

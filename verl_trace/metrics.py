@@ -3,23 +3,27 @@ simulator benchmark, the rollout runner and the CPU demo alike (docs/algorithm.m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 
-from .advantage import LeafRecord, tree_grpo_leaf_advantages, tree_turn_advantages
+from .advantage import LeafRecord, group_turn_advantages, tree_grpo_leaf_advantages, tree_turn_advantages
 from .config import AdvantageConfig
 from .tree import ROOT, LeafStatus, RolloutTree
 
-Estimator = Literal["trace", "tree_grpo"]
+Estimator = Literal["trace", "tree_grpo", "grpo"]
 
 
 def effective_leaves(tree: RolloutTree, estimator: Estimator = "trace", cfg: AdvantageConfig | None = None) -> int:
     """Leaves that receive a non-zero advantage from ``estimator`` on at least one of their turns
-    that generated tokens."""
+    that generated tokens. ``grpo`` is GRPO over all leaves of the tree as one flat group, ignoring
+    the tree (what ARPO trains with)."""
     cfg = cfg or AdvantageConfig()
     leaves = tree.leaves()
+    if estimator == "grpo":
+        recs = [LeafRecord((ROOT, -1 - i), 0.0 if n.reward is None else n.reward, n.status) for i, n in enumerate(leaves)]
+        return sum(1 for a in group_turn_advantages(recs, cfg) if np.any(a != 0))
     if estimator == "tree_grpo":
         recs = [LeafRecord(tuple(tree.path(n.node_id)), 0.0 if n.reward is None else n.reward, n.status) for n in leaves]
         return int(np.count_nonzero(tree_grpo_leaf_advantages(recs, cfg)))
@@ -93,4 +97,36 @@ def forest_metrics(
         f"{prefix}tokens_saved": float(unshared - gen),
     }
     out.update({f"{prefix}leaves_{st.value}": float(n) for st, n in statuses.items()})
+    return out
+
+
+# Ratios of forest_metrics and the count each is a mean over: merging weights them by it, so
+# merging the metrics of disjoint forests gives the metrics of their union.
+_RATIO_WEIGHTS = {
+    "leaves_per_prompt/mean": "prompts",
+    "effective_sample_ratio": "leaves",
+    "mixed_root_ratio": "prompts",
+    "informative_per_1k_tokens": "tokens_generated",
+}
+
+
+def merge_step_metrics(parts: Sequence[Mapping[str, float]], prefix: str = "trace/") -> dict[str, float]:
+    """One step's metrics from the metrics of several disjoint parts of it (rollout workers, each
+    with its own trees and planner): counts add up, ``forest_metrics``' ratios are weighted by what
+    they average over, ``/min`` and ``/max`` take the extreme, and durations (``*seconds``) the
+    longest, since workers run in parallel. Any other key is a count."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for p in parts for k in p):
+        values = [float(p[key]) for p in parts if key in p]
+        name = key.removeprefix(prefix)
+        if key.startswith(prefix) and name in _RATIO_WEIGHTS:
+            weights = [float(p.get(prefix + _RATIO_WEIGHTS[name], 0.0)) for p in parts if key in p]
+            total = sum(weights)
+            out[key] = sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+        elif key.endswith("/min"):
+            out[key] = min(values)
+        elif key.endswith("/max") or key.endswith("seconds"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values)
     return out

@@ -13,6 +13,7 @@ Checkpoints: ``save_predictor`` / ``load_predictor`` move the state through the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,31 +106,53 @@ class PredictorService:
 
 
 class RemotePredictor(Predictor):
-    """A ``Predictor`` whose calls go to the shared actor; what a rollout worker hands its planner."""
+    """A ``Predictor`` whose calls go to the shared actor; what a rollout worker hands its planner.
 
-    def __init__(self, handle: Any):
+    ``loop``: the event loop of the async Ray actor that owns this object (a rollout worker). Ray
+    wants async actors to ``await`` object refs rather than block in ``ray.get``, and the planner
+    calls ``predict`` synchronously; so the worker runs its planner in a thread
+    (``TreeRolloutRunner(plan_in_thread=True)``) and each call awaits the actor's reply on
+    ``loop`` while only that thread waits. Calling from ``loop``'s own thread would deadlock and
+    raises instead. Without ``loop``, calls block in ``ray.get`` (driver code, plain processes).
+    """
+
+    def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop | None = None):
         self.handle = handle
+        self.loop = loop
         self.name = "remote"
 
-    def predict(self, anchors: AnchorBatch) -> Prediction:
+    def _call(self, method: str, *args: Any) -> Any:
         import ray
 
-        return ray.get(self.handle.predict.remote(anchors))
+        ref = getattr(self.handle, method).remote(*args)
+        if self.loop is None:
+            return ray.get(ref)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            raise RuntimeError(
+                "RemotePredictor called on its own event loop, which would block it; run the planner "
+                "off the loop (TreeRolloutRunner(plan_in_thread=True))"
+            )
+        return asyncio.run_coroutine_threadsafe(_resolve(ref), self.loop).result()
+
+    def predict(self, anchors: AnchorBatch) -> Prediction:
+        return self._call("predict", anchors)
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
-        import ray
-
-        return ray.get(self.handle.update.remote(anchors, np.asarray(outcomes, np.float64)))
+        return self._call("update", anchors, np.asarray(outcomes, np.float64))
 
     def state_dict(self) -> dict[str, Any]:
-        import ray
-
-        return ray.get(self.handle.state_dict.remote())
+        return self._call("state_dict")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        import ray
+        self._call("load_state_dict", state)
 
-        ray.get(self.handle.load_state_dict.remote(state))
+
+async def _resolve(ref: Any) -> Any:
+    return await ref
 
 
 def create_predictor_actor(trace_config: TraceConfig, name: str = PREDICTOR_ACTOR_NAME, num_cpus: float = 1) -> Any:

@@ -25,6 +25,16 @@ ROOTS_KEY = "trace_n_roots"
 the batch's prompts become roots this step. The rest of the batch is the candidate pool the
 allocator chooses from (``trace.allocation.pool_factor``)."""
 
+TREE_ESTIMATORS = ("trace", "tree_grpo")
+"""The advantage estimators (``algorithm.adv_estimator``) that read the tree metadata; they give a
+``failed`` leaf zero advantage, so the rollout writes failed leaves only for them."""
+
+METRICS_PARTITION = "trace_metrics"
+"""TransferQueue partition of the rollout's step metrics: each TRACE rollout worker puts one
+tag-only key per training submission there (its ``trace/*`` and ``plan/*`` metrics as the tag);
+the trainer merges and clears them once per step (``metrics.merge_step_metrics``). verl's V1
+trainer reads no rollout metrics of its own, and its ReplayBuffer samples only ``train``/``val``."""
+
 
 class TreeMeta(BaseModel):
     """``extra_fields["trace"]`` of one leaf."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_trace.advantage import LeafRecord, tree_grpo_leaf_advantages, tree_turn_advantages
+from verl_trace.advantage import LeafRecord, tree_grpo_leaf_advantages
 from verl_trace.protocol import TreeMeta
 from verl_trace.tree import LeafStatus, RolloutTree
 
@@ -65,42 +65,23 @@ def build_trees(vocab: int, uids: list[str]) -> list[RolloutTree]:
 
 
 @pytest.fixture(scope="module")
-def stage(repo_root, tiny_model_dir):
-    """Ray + TransferQueue, the TRACE trainer and verl's agent-loop worker (as plain objects in the driver)."""
-    ray = pytest.importorskip("ray")
-    import transfer_queue as tq
-    from omegaconf import OmegaConf, open_dict
+def stage(ray_tq, trace_config):
+    """The TRACE trainer and verl's agent-loop worker (as plain objects in the driver) on Ray + TransferQueue."""
     from verl.trainer.ppo.v1 import AgentLoopWorkerTQ, get_trainer_cls
 
-    from verl_trace.trainer.config_check import prepare_trace_config
-    from verl_trace.trainer.hydra_config import compose_config
     from verl_trace.trainer.trainer import trace_trainer_class
 
-    cfg = compose_config(overrides=[
-        f"actor_rollout_ref.model.path={tiny_model_dir}",
-        "actor_rollout_ref.rollout.name=vllm",
+    cfg = trace_config(
         f"actor_rollout_ref.rollout.n={N_LEAVES}",
         "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=3",
         "trace.allocator=tree_random",
         "algorithm.rollout_correction.bypass_mode=true",  # old_log_probs = rollout_log_probs (no actor on CPU)
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=2",  # verl's 8 don't fit 4 CPUs
         "data.train_batch_size=3",
         "actor_rollout_ref.actor.ppo_mini_batch_size=1",
-    ])
-    prepare_trace_config(cfg)
-    with open_dict(cfg):
-        cfg.transfer_queue.enable = True  # as TaskRunnerV1.run
-    OmegaConf.resolve(cfg)
-
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(repo_root)}})
-    tq.init(cfg.transfer_queue)
-    try:
-        trainer = trace_trainer_class(get_trainer_cls("sync"))(cfg)
-        worker = AgentLoopWorkerTQ.__ray_actor_class__(cfg, None)
-        yield cfg, trainer, worker, tq
-    finally:
-        tq.close()
-        ray.shutdown()
+    )
+    trainer = trace_trainer_class(get_trainer_cls("sync"))(cfg)
+    worker = AgentLoopWorkerTQ.__ray_actor_class__(cfg, None)
+    return cfg, trainer, worker, ray_tq
 
 
 def write_leaves(worker, trees: list[RolloutTree], global_steps: int) -> dict[str, tuple[RolloutTree, int]]:
@@ -164,16 +145,7 @@ def advantages_of(tq, batch) -> dict[str, torch.Tensor]:
     return {k: (a, m) for k, a, m in zip(batch.keys, data["advantages"].unbind(), data["response_mask"].unbind())}
 
 
-def expected_trace(tree: RolloutTree, leaf: int, cfg) -> torch.Tensor:
-    traj = tree.render(leaf)
-    per_turn = tree_turn_advantages(tree, cfg, norm_by_std=True)[leaf]
-    out = torch.zeros(len(traj.response_ids))
-    for (s, e), a in zip(traj.turn_spans, per_turn):
-        out[s:e] = float(a)
-    return out * torch.tensor(traj.response_mask, dtype=torch.float32)
-
-
-def test_trace_advantages_match_the_tree(stage, sampled):
+def test_trace_advantages_match_the_tree(stage, sampled, expected_trace_advantage):
     cfg, trainer, _, tq = stage
     batch, written = sampled
     metrics = {}
@@ -185,7 +157,8 @@ def test_trace_advantages_match_the_tree(stage, sampled):
             assert torch.all(adv == 0) and torch.all(mask == 0)
             continue
         tree, leaf = written[key]
-        torch.testing.assert_close(adv, expected_trace(tree, leaf, trainer.trace_config.advantage), rtol=1e-5, atol=1e-6)
+        expected = expected_trace_advantage(tree, leaf, trainer.trace_config.advantage)
+        torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
     # Turn-level credit: some leaf's turns get different advantages (not one value per row, as GRPO).
     assert any(len(set(adv[mask.bool()].tolist())) > 1 for k, (adv, mask) in got.items() if k in written)
     # The signal is where the tree says: branch points of a and b carry it, c (all equal) none.

@@ -66,14 +66,15 @@ class PlanContext:
         return np.flatnonzero(ok).tolist()
 
     def anchor_batch(self, tree: RolloutTree, node_ids: Sequence[int]) -> AnchorBatch:
-        feats = None
+        nodes = tree.nodes
+        sel = [nodes[i] for i in node_ids]
         if self.featurize is not None:
             feats = self.featurize(tree, node_ids)
-        elif node_ids and all(tree[i].features is not None for i in node_ids):
-            feats = np.stack([tree[i].features for i in node_ids])
-        true_p = None
-        if node_ids and all("true_p" in tree[i].meta for i in node_ids):
-            true_p = np.array([tree[i].meta["true_p"] for i in node_ids], np.float64)
+        else:
+            rows = [n.features for n in sel]
+            feats = np.stack(rows) if rows and all(r is not None for r in rows) else None
+        tp = [n.meta.get("true_p") for n in sel]
+        true_p = np.array(tp, np.float64) if tp and all(x is not None for x in tp) else None
         return AnchorBatch(keys=[anchor_key(tree, i) for i in node_ids], features=feats, true_p=true_p)
 
     def predict(self, trees: Sequence[RolloutTree], node_ids: Sequence[Sequence[int]]) -> list[Prediction]:

@@ -84,42 +84,52 @@ class TreePlanner:
     def leaves_done(self, done: Sequence[tuple[Issued, int]]) -> list[Issued]:
         """Report finished leaves (several at once lets the allocator batch its predictions)."""
         ctx = self.ctx
+        touched: dict[str, None] = {}
         for launch, leaf_id in done:
             tree = ctx.trees[launch.uid]
             leaf = tree[leaf_id]
             if not leaf.terminal:
                 raise ValueError(f"leaf_done: node {leaf_id} of tree {launch.uid} is not a finished leaf")
-            path = tree.path(leaf_id)
-            if launch.anchor not in path:
-                raise ValueError(f"leaf {leaf_id} of tree {launch.uid} does not descend from anchor {launch.anchor}")
-            new_tokens = sum(tree[i].generated_tokens for i in path[path.index(launch.anchor) + 1 :])
+            # Walk up from the leaf to the anchor: the turns this launch generated.
+            new_tokens, cur = 0, leaf_id
+            while cur != launch.anchor:
+                if cur is None or cur == ROOT:
+                    raise ValueError(f"leaf {leaf_id} of tree {launch.uid} does not descend from anchor {launch.anchor}")
+                node = tree.nodes[cur]
+                new_tokens += len(node.action_ids)
+                cur = node.parent
             ctx.ledger.complete(new_tokens, failed=leaf.status is LeafStatus.FAILED)
             ctx.in_flight[launch.uid].remove(launch.anchor)
             self._pending[(launch.uid, launch.round)] -= 1
-        return self._plan()
+            touched[launch.uid] = None
+        return self._plan(touched)
 
     @property
     def done(self) -> bool:
         return self.started and self._closed and self.ctx.ledger.in_flight == 0
 
     # ------------------------------------------------------------------ planning
-    def _ready(self) -> list[str]:
+    def _ready(self, touched: Sequence[str]) -> list[str]:
+        """Trees to re-plan now. In ``pipelined`` mode only a tree whose leaves were just reported
+        can have become ready (every other live tree is waiting on its open round), so this costs
+        O(reported trees), not O(trees), per event."""
         ctx = self.ctx
-        live = [u for u in ctx.trees if u not in self._finished]
         if self.cfg.schedule == "rounds":
-            return live if ctx.ledger.in_flight == 0 else []
+            return [u for u in ctx.trees if u not in self._finished] if ctx.ledger.in_flight == 0 else []
         rf = self.cfg.ready_fraction
         out = []
-        for u in live:
+        for u in touched:
+            if u in self._finished:
+                continue
             key = (u, self._round[u])
             if self._pending.get(key, 0) <= int((1.0 - rf) * self._launched.get(key, 0)):
                 out.append(u)
         return out
 
-    def _plan(self) -> list[Issued]:
+    def _plan(self, touched: Sequence[str]) -> list[Issued]:
         ctx = self.ctx
         launches: list[Issued] = []
-        ready = self._ready()
+        ready = self._ready(touched)
         if ready and ctx.ledger.remaining > 0:
             t0 = time.perf_counter()
             proposed = self.allocator.expand(ctx, ready)
@@ -212,24 +222,26 @@ class TreePlanner:
         with that leaf's success. Conditional success probability of an anchor is exactly the
         expected outcome of the leaves sampled below it."""
         ctx = self.ctx
-        batches, ys = [], []
+        drop_truncated = self.cfg.advantage.truncated == "drop"
+        batches, rows, ys = [], [], []
+        offset = 0
         for tree in ctx.trees.values():
-            ids, y = [], []
-            for leaf in tree.leaves():
-                if leaf.status is LeafStatus.FAILED:
+            nodes = tree.nodes
+            pos: dict[int, int] = {}
+            for leaf in nodes:
+                if not leaf.terminal or leaf.status is LeafStatus.FAILED:
                     continue
-                if leaf.status is LeafStatus.TRUNCATED and self.cfg.advantage.truncated == "drop":
+                if drop_truncated and leaf.status is LeafStatus.TRUNCATED:
                     continue
                 succ = float(leaf.reward >= ctx.threshold)
-                for i in tree.path(leaf.node_id)[:-1]:
-                    ids.append(i)
-                    y.append(succ)
-            if ids:
-                uniq = sorted(set(ids))
-                b = ctx.anchor_batch(tree, uniq)
-                pos = {u: k for k, u in enumerate(uniq)}
-                batches.append(b.select([pos[i] for i in ids]))
-                ys.append(np.asarray(y))
+                cur = leaf.parent
+                while cur is not None:
+                    rows.append(offset + pos.setdefault(cur, len(pos)))
+                    ys.append(succ)
+                    cur = nodes[cur].parent
+            if pos:
+                batches.append(ctx.anchor_batch(tree, list(pos)))
+                offset += len(pos)
         if not batches:
             return AnchorBatch(keys=[]), np.zeros(0)
-        return AnchorBatch.concat(batches), np.concatenate(ys)
+        return AnchorBatch.concat(batches).select(rows), np.asarray(ys)

@@ -17,12 +17,15 @@ anchor or one tree falls exactly as the Beta-Binomial says it should. docs/algor
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..tree import ROOT, RolloutTree, subtree_sum
+from ..predictor.base import Prediction
+from ..tree import ROOT, LeafStatus, RolloutTree
 from .base import Allocator, Launch, PlanContext, even_split
 from .baselines import first_chains, round_share
 
@@ -44,43 +47,138 @@ def mixed_probability(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.clip(1.0 - beta_moment(a, b, n) - beta_moment(b, a, n), 0.0, 1.0)
 
 
+def prefix_prior(
+    a: np.ndarray, b: np.ndarray, p: np.ndarray, s: np.ndarray, f: np.ndarray, s_root: float, f_root: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beta priors for a tree's anchors (row 0 is the root) that inherit the prompt's evidence.
+
+    A prefix's success probability is its prompt's, moved by the turns taken (the conditional
+    success probability is a martingale down the tree). So a prefix's prior mean is the root's
+    posterior mean from the leaves *outside* the prefix's subtree (no double counting: its own
+    leaves are added by the caller), shifted in logit space by what the predictor says the turns
+    changed (logit p_v - logit p_root). A prompt whose chains all failed thereby makes its prefixes
+    look hard too, which the predictor alone (features only) cannot know. The concentration is the
+    predictor's, capped by the root's (a prefix is never surer than its prompt's evidence).
+    """
+    a, b = np.array(a, np.float64), np.array(b, np.float64)
+    if a.size < 2:
+        return a, b
+    out_a = a[0] + s_root - s[1:]
+    out_b = b[0] + f_root - f[1:]
+    pc = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)
+    odds = (out_a / out_b) * (pc[1:] / (1 - pc[1:])) * ((1 - pc[0]) / pc[0])  # logits add: odds multiply
+    mean = odds / (1.0 + odds)
+    kappa = np.minimum(a[1:] + b[1:], out_a + out_b)
+    a[1:], b[1:] = kappa * mean, kappa * (1 - mean)
+    return a, b
+
+
 @dataclass
-class _Forest:
-    """Padded (trees x anchors) arrays for a vectorized greedy pass over many trees."""
+class _TreeView:
+    """One tree's outcome counts and token costs, computed in one pass over its nodes (plain Python:
+    for trees of tens of nodes this beats a dozen small numpy calls)."""
 
-    uids: list[str]
-    anchors: np.ndarray  # (T, A) node ids, -1 = padding
-    a: np.ndarray  # Beta posterior per anchor
-    b: np.ndarray
-    hf: np.ndarray  # children of the anchor whose leaves include a failure
-    hs: np.ndarray  # ... include a success
-    cost: np.ndarray  # expected generated tokens of one continuation
-    j: np.ndarray  # virtual draws placed at the anchor (in flight + this pass)
-    j_round: np.ndarray  # draws placed at the anchor in this pass
-    n: np.ndarray  # (T,) leaves in the root group, real + virtual
-    p_fail: np.ndarray  # (T,) P(every leaf of the group fails)
-    p_succ: np.ndarray  # (T,) P(every leaf succeeds)
-    p_none: np.ndarray  # (T,) 1 while the group is empty (both events hold vacuously)
+    anchors: list[int]
+    s: list[int]  # usable successes below each node
+    f: list[int]  # usable failures below each node
+    hs: list[int]  # children whose subtree holds a success
+    hf: list[int]  # ... a failure
+    cum: list[int]  # generated tokens on the path root -> node
+    mean_total: float  # mean generated tokens of a finished leaf's path
+    mean_turn: float  # mean generated tokens of one turn
 
-    def place(self, t: np.ndarray, v: np.ndarray) -> None:
-        a, b, j = self.a[t, v], self.b[t, v], self.j[t, v]
-        self.p_fail[t] *= (b + j) / (a + b + j)
-        self.p_succ[t] *= (a + j) / (a + b + j)
-        self.p_none[t] = 0.0
-        self.n[t] += 1
-        self.j[t, v] += 1
-        self.j_round[t, v] += 1
 
-    def gains(self, contrast_weight: float) -> tuple[np.ndarray, np.ndarray]:
-        """(effective-leaf gain, total gain) of one more continuation at every anchor."""
-        a, b, j = self.a, self.b, self.j
-        pf = (b + j) / (a + b + j)
-        ps = (a + j) / (a + b + j)
-        n, f, s, z = self.n[:, None], self.p_fail[:, None], self.p_succ[:, None], self.p_none[:, None]
-        eff = (n + 1) * (1 - f * pf - s * ps) - n * (1 - f - s + z)
-        q = a / (a + b)
-        total = eff + contrast_weight * (q * self.hf + (1 - q) * self.hs)
-        return eff, total
+def tree_view(tree: RolloutTree, threshold: float, max_turns: int) -> _TreeView:
+    nodes = tree.nodes
+    n = len(nodes)
+    s, f, hs, hf, cum, parent = [0] * n, [0] * n, [0] * n, [0] * n, [0] * n, [0] * n
+    anchors: list[int] = []
+    tokens = depth = done = 0
+    for i, node in enumerate(nodes):
+        p = node.parent
+        if p is not None:
+            parent[i] = p
+            cum[i] = cum[p] + len(node.action_ids)
+        if node.terminal:
+            done += 1
+            tokens += cum[i]
+            depth += node.depth
+            if node.status is not LeafStatus.FAILED:
+                if node.reward >= threshold:
+                    s[i] = 1
+                else:
+                    f[i] = 1
+        elif node.depth < max_turns:
+            anchors.append(i)
+    for i in range(n - 1, 0, -1):  # children have larger ids than their parents
+        p = parent[i]
+        if s[i]:
+            s[p] += s[i]
+            hs[p] += 1
+        if f[i]:
+            f[p] += f[i]
+            hf[p] += 1
+    mean_total = tokens / done if done else 1.0
+    mean_turn = mean_total / max(1.0, depth / done) if done else 1.0
+    return _TreeView(anchors, s, f, hs, hf, cum, mean_total, mean_turn)
+
+
+class _TreePlan:
+    """One tree's anchors and the state of its greedy pass, in plain Python lists: a pipelined
+    planner expands one tree at a time, and for tens of anchors scalar code beats numpy calls.
+
+    ``pf``/``ps`` are the predictive probabilities that the next draw at an anchor fails /
+    succeeds given its Beta posterior and the ``j`` virtual draws already placed there; ``F``/``S``
+    are the probabilities that all leaves of the root group (real and virtual) fail / succeed.
+    """
+
+    __slots__ = ("uid", "anchors", "a", "b", "j", "j_round", "pf", "ps", "bonus", "inv_cost", "n", "F", "S", "Z")
+
+    def __init__(self, uid: str, anchors: list[int], a: list[float], b: list[float], bonus: list[float],
+                 inv_cost: list[float], s_root: int, f_root: int):
+        self.uid, self.anchors, self.a, self.b = uid, anchors, a, b
+        self.bonus, self.inv_cost = bonus, inv_cost
+        m = len(anchors)
+        self.j = [0] * m
+        self.j_round = [0] * m
+        self.pf = [bi / (ai + bi) for ai, bi in zip(a, b)]
+        self.ps = [ai / (ai + bi) for ai, bi in zip(a, b)]
+        self.n = s_root + f_root
+        self.F = 1.0 if s_root == 0 else 0.0
+        self.S = 1.0 if f_root == 0 else 0.0
+        self.Z = 1.0 if self.n == 0 else 0.0
+
+    def place(self, v: int, count: int = 1) -> None:
+        a, b = self.a[v], self.b[v]
+        for _ in range(count):
+            self.F *= self.pf[v]
+            self.S *= self.ps[v]
+            self.Z = 0.0
+            self.n += 1
+            j = self.j[v] = self.j[v] + 1
+            self.pf[v] = (b + j) / (a + b + j)
+            self.ps[v] = (a + j) / (a + b + j)
+        self.j_round[v] += count
+
+    def effective_gains(self) -> list[float]:
+        """Expected increase in leaves with a non-zero advantage from one more continuation."""
+        c = self.n + 1
+        base = self.n * (1 - self.F - self.S + self.Z)
+        cf, cs = c * self.F, c * self.S
+        return [c - cf * pf - cs * ps - base for pf, ps in zip(self.pf, self.ps)]
+
+    def best(self, max_per_anchor: int) -> tuple[float, int]:
+        """(score, index) of the best open anchor; (-inf, -1) if none is open."""
+        c = self.n + 1
+        base = self.n * (1 - self.F - self.S + self.Z)
+        cf, cs = c * self.F, c * self.S
+        best, arg = NEG, -1
+        for v, (pf, ps, bo, ic, jr) in enumerate(zip(self.pf, self.ps, self.bonus, self.inv_cost, self.j_round)):
+            if jr < max_per_anchor:
+                sc = (c - cf * pf - cs * ps - base + bo) * ic
+                if sc > best:
+                    best, arg = sc, v
+        return best, arg
 
 
 class TraceAllocator(Allocator):
@@ -99,6 +197,9 @@ class TraceAllocator(Allocator):
             chosen = list(pool)
         else:
             pred = ctx.predict_roots(pool)
+            cache = ctx.state.setdefault("predictions", {})
+            for t, p, sd in zip(pool, pred.p.tolist(), pred.std.tolist()):
+                cache[(t.uid, ROOT)] = (p, sd)
             a, b = pred.beta_params(kappa_max=self.kappa_max)
             value = mixed_probability(a, b, max(2, round(share)))
             order = np.lexsort((ctx.rng.random(len(pool)), -value))
@@ -122,125 +223,105 @@ class TraceAllocator(Allocator):
             extra = 0
         if not uids:
             return []
-        forest = self._forest(ctx, uids)
-        k = np.array([want[u] for u in uids], dtype=np.int64)
+        plans = self._plans(ctx, uids)
+        k = [want[u] for u in uids]
         if not final:
             # Trees where even the best continuation is nearly worthless release this round's
             # share to a pool that trees with a high marginal gain draw from.
-            eff, _ = forest.gains(self.params.contrast_weight)
-            best = np.where(forest.anchors >= 0, eff, NEG).max(axis=1)
-            hopeless = best < 0.05
-            released = int(k[hopeless].sum())
-            ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + released
-            for u, kk in zip(np.array(uids)[hopeless], k[hopeless]):
-                ctx.quota[u] -= int(kk)
-            k[hopeless] = 0
-            extra = min(ctx.state["release_pool"], int(k.sum()))
-            ctx.state["release_pool"] -= extra
-        counts = self._greedy(forest, k, extra)
+            for t, plan in enumerate(plans):
+                if max(plan.effective_gains(), default=NEG) < self.params.release_gain:
+                    ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + k[t]
+                    ctx.quota[plan.uid] -= k[t]
+                    k[t] = 0
+            extra = min(ctx.state.get("release_pool", 0), sum(k))
+            ctx.state["release_pool"] = ctx.state.get("release_pool", 0) - extra
+        counts = self._greedy(plans, k, extra)
         out: list[Launch] = []
-        for t, u in enumerate(uids):
-            placed = 0
-            for v in np.flatnonzero(counts[t]):
-                out.append(Launch(u, int(forest.anchors[t, v]), int(counts[t, v])))
-                placed += int(counts[t, v])
+        for plan, c in zip(plans, counts):
+            for v, n in sorted(c.items()):
+                out.append(Launch(plan.uid, plan.anchors[v], n))
             if not final:
-                ctx.quota[u] = max(0, ctx.quota[u] - placed)
+                ctx.quota[plan.uid] = max(0, ctx.quota[plan.uid] - sum(c.values()))
         return out
 
-    def _greedy(self, fo: _Forest, k: np.ndarray, extra: int) -> np.ndarray:
-        """Place leaves one at a time per tree (every tree with quota left takes its best anchor
-        each pass), then place ``extra`` leaves one by one wherever the score is highest."""
-        counts = np.zeros(fo.anchors.shape, dtype=np.int64)
-        valid = fo.anchors >= 0
-        cost = fo.cost ** self.params.cost_exponent
-        rows = np.arange(len(fo.uids))
-        while True:
-            _, gain = fo.gains(self.params.contrast_weight)
-            score = np.where(valid & (fo.j_round < self.params.max_per_anchor), gain / cost, NEG)
-            best = score.argmax(axis=1)
-            best_val = score[rows, best]
-            active = (k > 0) & np.isfinite(best_val)
-            if active.any():
-                t = rows[active]
-                fo.place(t, best[active])
-                counts[t, best[active]] += 1
-                k[active] -= 1
-                continue
-            if extra <= 0 or not np.isfinite(best_val).any():
-                break
-            t = int(best_val.argmax())
-            fo.place(np.array([t]), np.array([best[t]]))
-            counts[t, best[t]] += 1
+    def _greedy(self, plans: list[_TreePlan], k: list[int], extra: int) -> list[dict[int, int]]:
+        """Each tree places its own ``k`` leaves one at a time at its best anchor; then ``extra``
+        leaves go one by one to whichever tree's best anchor scores highest (a heap of each
+        tree's best score). Returns anchor index -> count per tree."""
+        cap = self.params.max_per_anchor
+        counts: list[dict[int, int]] = [{} for _ in plans]
+        for plan, kk, c in zip(plans, k, counts):
+            for _ in range(kk):
+                score, v = plan.best(cap)
+                if v < 0:
+                    break
+                plan.place(v)
+                c[v] = c.get(v, 0) + 1
+        heap = []
+        if extra > 0:
+            for t, plan in enumerate(plans):
+                score, v = plan.best(cap)
+                if v >= 0:
+                    heap.append((-score, t, v))
+            heapq.heapify(heap)
+        while extra > 0 and heap:
+            _, t, v = heapq.heappop(heap)
+            plan = plans[t]
+            plan.place(v)
+            counts[t][v] = counts[t].get(v, 0) + 1
             extra -= 1
+            score, v = plan.best(cap)
+            if v >= 0:
+                heapq.heappush(heap, (-score, t, v))
         return counts
 
-    def _forest(self, ctx: PlanContext, uids: Sequence[str]) -> _Forest:
-        trees = [ctx.trees[u] for u in uids]
-        anchor_lists = [ctx.anchor_ids(t) for t in trees]
-        preds = ctx.predict(trees, anchor_lists)
-        T, A = len(trees), max(len(x) for x in anchor_lists)
-        shape = (T, A)
-        fo = _Forest(
-            uids=list(uids),
-            anchors=np.full(shape, -1, np.int64),
-            a=np.ones(shape),
-            b=np.ones(shape),
-            hf=np.zeros(shape),
-            hs=np.zeros(shape),
-            cost=np.ones(shape),
-            j=np.zeros(shape),
-            j_round=np.zeros(shape),
-            n=np.zeros(T),
-            p_fail=np.ones(T),
-            p_succ=np.ones(T),
-            p_none=np.ones(T),
-        )
-        for t, (tree, ids, pred) in enumerate(zip(trees, anchor_lists, preds)):
-            self._fill_tree(ctx, fo, t, tree, np.asarray(ids, np.int64), pred)
-        return fo
+    def _predictions(self, ctx: PlanContext, trees: Sequence[RolloutTree], ids: Sequence[list[int]]) -> list[np.ndarray]:
+        """(2, n) arrays of (p, std) per tree. A node's prediction cannot change within a step (its
+        features are fixed and the predictor learns between steps), so each is computed once per
+        planner and cached in ``ctx.state``; a call predicts only the anchors that are new."""
+        cache: dict[tuple[str, int], tuple[float, float]] = ctx.state.setdefault("predictions", {})
+        miss = [(t, [i for i in nid if (t.uid, i) not in cache]) for t, nid in zip(trees, ids)]
+        miss = [(t, m) for t, m in miss if m]
+        if miss:
+            preds = ctx.predict([t for t, _ in miss], [m for _, m in miss])
+            for (t, m), pr in zip(miss, preds):
+                for i, p, sd in zip(m, pr.p.tolist(), pr.std.tolist()):
+                    cache[(t.uid, i)] = (p, sd)
+        return [np.array([cache[(t.uid, i)] for i in nid], np.float64).reshape(-1, 2).T for t, nid in zip(trees, ids)]
 
-    def _fill_tree(self, ctx: PlanContext, fo: _Forest, t: int, tree: RolloutTree, ids: np.ndarray, pred) -> None:
-        c = tree.columns()
-        parent, depth, leaf = c["parent"], c["depth"], c["leaf"]
-        usable = leaf == 1
-        succ = usable & (c["reward"] >= ctx.threshold)
-        s = subtree_sum(parent, depth, succ.astype(np.int64))
-        f = subtree_sum(parent, depth, (usable & ~succ).astype(np.int64))
-        # Children of each node whose subtree holds a failure / a success.
-        hf = np.zeros(len(parent))
-        hs = np.zeros(len(parent))
-        kids = np.flatnonzero(parent >= 0)
-        np.add.at(hf, parent[kids], (f[kids] > 0).astype(float))
-        np.add.at(hs, parent[kids], (s[kids] > 0).astype(float))
-        # Generated tokens on the path to each node, and the expected cost of a continuation.
-        cum = c["gen"].astype(np.float64)
-        for d in range(1, int(depth.max(initial=0)) + 1):
-            idx = np.flatnonzero(depth == d)
-            cum[idx] += cum[parent[idx]]
-        done = np.flatnonzero(usable | (leaf == 2))
-        mean_total = float(cum[done].mean()) if done.size else 1.0
-        mean_turn = mean_total / max(1.0, float(depth[done].mean())) if done.size else 1.0
-        a0, b0 = pred.beta_params(kappa_max=self.kappa_max)
-        m = len(ids)
-        fo.anchors[t, :m] = ids
-        fo.a[t, :m] = a0 + s[ids]
-        fo.b[t, :m] = b0 + f[ids]
-        fo.hf[t, :m] = hf[ids]
-        fo.hs[t, :m] = hs[ids]
-        fo.cost[t, :m] = np.maximum(mean_total - cum[ids], max(mean_turn, 1.0))
-        n_obs = int(s[ROOT] + f[ROOT])
-        fo.n[t] = n_obs
-        fo.p_fail[t] = 1.0 if s[ROOT] == 0 else 0.0
-        fo.p_succ[t] = 1.0 if f[ROOT] == 0 else 0.0
-        fo.p_none[t] = 1.0 if n_obs == 0 else 0.0
+    def _plans(self, ctx: PlanContext, uids: Sequence[str]) -> list[_TreePlan]:
+        trees = [ctx.trees[u] for u in uids]
+        views = [tree_view(t, ctx.threshold, ctx.max_turns) for t in trees]
+        preds = self._predictions(ctx, trees, [v.anchors for v in views])
+        return [self._plan(ctx, tree, view, pred) for tree, view, pred in zip(trees, views, preds)]
+
+    def _plan(self, ctx: PlanContext, tree: RolloutTree, view: _TreeView, pred: np.ndarray) -> _TreePlan:
+        ids = view.anchors
+        s = np.array([view.s[i] for i in ids], np.float64)
+        f = np.array([view.f[i] for i in ids], np.float64)
+        p, std = pred
+        a0, b0 = prefix_prior(*Prediction(p, std).beta_params(kappa_max=self.kappa_max), p, s, f, view.s[ROOT], view.f[ROOT])
+        a, b = a0 + s, b0 + f
+        q = a / (a + b)
+        hs = np.array([view.hs[i] for i in ids], np.float64)
+        hf = np.array([view.hf[i] for i in ids], np.float64)
+        cost = np.maximum(view.mean_total - np.array([view.cum[i] for i in ids], np.float64), max(view.mean_turn, 1.0))
+        plan = _TreePlan(
+            tree.uid, ids, a.tolist(), b.tolist(),
+            (self.params.contrast_weight * (q * hf + (1 - q) * hs)).tolist(),
+            (cost ** -self.params.cost_exponent).tolist(),
+            view.s[ROOT], view.f[ROOT],
+        )
         # Leaves still in flight are draws we have not seen yet.
-        pos = {int(v): k for k, v in enumerate(ids)}
-        for anchor in ctx.in_flight.get(tree.uid, []):
-            v = pos.get(anchor)
-            if v is not None:
-                fo.place(np.array([t]), np.array([v]))
-        fo.j_round[t] = 0
+        flying = ctx.in_flight.get(tree.uid)
+        if flying:
+            pos = {v: k for k, v in enumerate(ids)}
+            for anchor, count in Counter(flying).items():
+                v = pos.get(anchor)
+                if v is not None:
+                    plan.place(v, count)
+            plan.j_round = [0] * len(ids)
+        return plan
 
 
 class OracleAllocator(TraceAllocator):

@@ -51,6 +51,7 @@ class EnsemblePredictor(Predictor):
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
         self.updates = 0
+        self._np: dict[str, np.ndarray] | None = None  # numpy copy of params for inference
 
     # ------------------------------------------------------------------ model
     def _build(self, dim: int) -> None:
@@ -91,9 +92,31 @@ class EnsemblePredictor(Predictor):
         if self.dim is None or self.updates == 0:
             n = len(anchors)
             return Prediction(p=np.full(n, 0.5), std=np.full(n, 0.5 / 3**0.5))  # uniform prior
-        with torch.no_grad():
-            probs = torch.sigmoid(self._logits(self._norm(x))).double().numpy()
-        return Prediction(p=probs.mean(0), std=probs.std(0))
+        probs = self._forward_numpy(x)
+        mean = probs.mean(0)
+        return Prediction(p=mean, std=np.sqrt(np.maximum((probs * probs).mean(0) - mean * mean, 0.0)))
+
+    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) -> (members, n) probabilities. Inference runs in numpy on a copy of the weights
+        taken after each update, with all members' first layers as one (d, members * hidden)
+        GEMM: the planner predicts a handful of anchors at a time, where torch's per-op dispatch
+        costs more than the arithmetic, and the trainer tens of thousands, where one GEMM wins."""
+        if self._np is None:
+            p = {k: v.detach().numpy() for k, v in self.params.items()}
+            k, d, h = p["w1"].shape
+            self._np = {
+                "w1": np.ascontiguousarray(p["w1"].transpose(1, 0, 2).reshape(d, k * h)),
+                "b1": p["b1"].reshape(k * h).copy(),
+                "w2": p["w2"].reshape(k, h).copy(),
+                "b2": p["b2"].reshape(k).astype(np.float64),
+            }
+        w = self._np
+        if self._mu is not None:
+            x = (x - self._mu) / self._sd
+        h = np.maximum(x.astype(np.float32, copy=False) @ w["w1"] + w["b1"], 0.0)
+        k = w["w2"].shape[0]
+        logits = np.einsum("nkh,kh->kn", h.reshape(len(x), k, -1), w["w2"]).astype(np.float64) + w["b2"][:, None]
+        return 1.0 / (1.0 + np.exp(-logits))
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
         y = check_outcomes(anchors, outcomes)
@@ -120,6 +143,7 @@ class EnsemblePredictor(Predictor):
             self._opt.step()
             loss_val = float(loss.detach())
         self.updates += 1
+        self._np = None
         metrics["predictor/shared_loss"] = loss_val
         metrics["predictor/shared_buffer"] = float(n)
         return metrics
@@ -164,3 +188,4 @@ class EnsemblePredictor(Predictor):
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)
         self._sd = None if state["sd"] is None else np.asarray(state["sd"], np.float32)
         self._gen.set_state(state["rng"])
+        self._np = None

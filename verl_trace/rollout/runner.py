@@ -155,6 +155,10 @@ class TreeRolloutRunner:
     ``max_concurrency`` bounds agent-loop runs in flight; ``tool_timeout`` bounds one tool call
     (an error observation after it), ``run_timeout`` one whole run (a FAILED leaf after it).
     ``on_node(tree, node_id)`` is called for every new node, the roots included (annotations).
+    ``plan_in_thread`` moves grafting, featurizing and the planner (allocator and predictor calls)
+    off the event loop into a worker thread, so a slow predictor (a Ray actor) or featurizer (a
+    sentence encoder) never stalls the agent loops; the step awaits each such call before it goes
+    on, so trees and snapshots are never touched from two threads at once.
     """
 
     def __init__(
@@ -173,6 +177,7 @@ class TreeRolloutRunner:
         run_timeout: float | None = None,
         agent_loop_cls: type[TraceToolAgentLoop] = TraceToolAgentLoop,
         on_node: NodeHook | None = None,
+        plan_in_thread: bool = False,
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -193,6 +198,7 @@ class TreeRolloutRunner:
         self.max_concurrency = max_concurrency
         self.run_timeout = run_timeout
         self.on_node = on_node
+        self.plan_in_thread = plan_in_thread
         self._loop_kwargs = dict(
             trainer_config=DictConfigWrap(config),
             server_manager=server_manager,
@@ -230,19 +236,15 @@ class TreeRolloutRunner:
                     step.seq += 1
                     tasks.add(asyncio.create_task(self._run_one(step, launch, step.seq, dict(sampling_params), sem)))
 
+        call = asyncio.to_thread if self.plan_in_thread else _call_here
         try:
-            t0 = time.perf_counter()
-            spawn(planner.start(list(step.trees.values())))
-            step.planner_wall += time.perf_counter() - t0
+            spawn(await call(self._start, step, planner))
             while tasks:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 tasks -= done
                 runs = sorted((t.result() for t in done), key=lambda r: r.seq)
-                completed = [(run.launch, self._graft(step, planner, run)) for run in runs]
-                bar.update(len(completed))
-                t0 = time.perf_counter()
-                spawn(planner.leaves_done(completed))
-                step.planner_wall += time.perf_counter() - t0
+                spawn(await call(self._absorb, step, planner, runs))
+                bar.update(len(runs))
         finally:
             bar.close()
             for t in tasks:
@@ -255,6 +257,21 @@ class TreeRolloutRunner:
         metrics = self._metrics(step, planner, selected, time.perf_counter() - t_step)
         step.snapshots.clear()
         return StepResult(leaves=leaves, trees=selected, metrics=metrics, planner=planner)
+
+    def _start(self, step: _Step, planner: TreePlanner) -> list[Issued]:
+        t0 = time.perf_counter()
+        launches = planner.start(list(step.trees.values()))
+        step.planner_wall += time.perf_counter() - t0
+        return launches
+
+    def _absorb(self, step: _Step, planner: TreePlanner, runs: Sequence[_Run]) -> list[Issued]:
+        """Graft finished runs onto their trees, report them to the planner in one call, and
+        return its new launches."""
+        completed = [(run.launch, self._graft(step, planner, run)) for run in runs]
+        t0 = time.perf_counter()
+        launches = planner.leaves_done(completed)
+        step.planner_wall += time.perf_counter() - t0
+        return launches
 
     def _new_tree(self, prompt: TreePrompt) -> RolloutTree:
         msgs = prompt.row["raw_prompt"]
@@ -431,6 +448,10 @@ class TreeRolloutRunner:
         m["trace/step_seconds"] = float(seconds)
         m.update(planner.metrics())
         return m
+
+
+async def _call_here(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def _fail(run: _Run, kind: str, message: str) -> _Run:

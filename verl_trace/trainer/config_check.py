@@ -15,12 +15,12 @@ import math
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import TraceConfig, TraceConfigError, load_trace_config
+from ..protocol import TREE_ESTIMATORS
 
 logger = logging.getLogger(__name__)
 
 TRACE_MANAGER = "verl_trace.rollout.worker.TraceAgentLoopManager"
 TRACE_AGENT_LOOP = "trace_agent"
-TREE_ESTIMATORS = ("trace", "tree_grpo")
 TREE_ALLOCATORS = ("tree_random", "entropy", "trace")  # grow trees below the root
 ROOT_SELECTING_ALLOCATORS = ("prompt", "trace")  # choose roots from a candidate pool
 PREDICTOR_ALLOCATORS = ("prompt", "trace")  # need the shared predictor actor

@@ -9,7 +9,8 @@ runs verl's unchanged ``TaskRunnerV1.run``. The overrides:
   tree metadata from TransferQueue (see ``tree_advantage``); verl computes the rest.
 * ``_next_train_batch``: submits the candidate pool (``trace.allocation.pool_factor`` times the
   batch) and tells the TRACE rollout how many of its prompts become roots (``protocol.ROOTS_KEY``).
-* ``step``: adds the shared predictor's calibration metrics to the step's metrics.
+* ``step``: adds the TRACE rollout's metrics (``pop_rollout_metrics``) and the shared predictor's
+  calibration metrics to the step's metrics.
 * ``_save_checkpoint`` / ``_load_checkpoint``: the predictor's state goes into the same
   ``global_step_N`` folder as verl's checkpoint (written before verl marks the folder as the latest)
   and comes back on resume.
@@ -24,8 +25,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ..config import TraceConfig, load_trace_config
+from ..metrics import merge_step_metrics
 from ..predictor_service import create_predictor_actor, load_predictor, save_predictor
-from ..protocol import ROOTS_KEY
+from ..protocol import METRICS_PARTITION, ROOTS_KEY
 from .config_check import PREDICTOR_ALLOCATORS, TREE_ESTIMATORS, pool_size, uses_trace_rollout
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
 
@@ -103,6 +105,8 @@ class TraceTrainerMixin:
     # ------------------------------------------------------------------ metrics
     def step(self, metrics: dict, timing_raw: dict) -> Any:
         batch = super().step(metrics, timing_raw)
+        if self.trace_rollout:
+            metrics.update(pop_rollout_metrics())
         if self.predictor is not None:
             import ray
 
@@ -136,6 +140,19 @@ class TraceTrainerMixin:
             )
         else:
             logger.info("restored TRACE predictor state from %s", path)
+
+
+def pop_rollout_metrics() -> dict[str, float]:
+    """The TRACE rollout workers' ``trace/*`` and ``plan/*`` metrics put since the last call, merged
+    into one step's (``merge_step_metrics``). In the sync trainer a step's sample returns only once
+    every root is finished, and workers put their metrics before finishing any root."""
+    import transfer_queue as tq
+
+    items = (tq.kv_list(METRICS_PARTITION) or {}).get(METRICS_PARTITION, {})
+    if not items:
+        return {}
+    tq.kv_clear(keys=list(items), partition_id=METRICS_PARTITION)
+    return merge_step_metrics(list(items.values()))
 
 
 def trace_trainer_class(base: type) -> type:
