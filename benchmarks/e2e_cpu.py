@@ -2,7 +2,7 @@
 
     nice python benchmarks/e2e_cpu.py --out results.json [--seeds 3] \\
         [--allocators uniform,tree_random,trace] [--steps 30] [--eval-every 3] [--work-dir outputs/e2e_cpu] \
-        [--plot docs/img/e2e_cpu.png]
+        [--plot docs/img/e2e_cpu.png] [--only-seeds 0,2]
 
 For each seed, one warm start (tokenizer, tiny model, demonstrations, supervised phase) is built
 and every allocator's RL run starts from that same checkpoint, with the same leaf budget per step,
@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="results JSON")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--only-seeds", help="comma list: run just these seeds (e.g. one process per core sharing "
+                                        "--work-dir; a final run without it collects every seed)")
     p.add_argument("--allocators", default="uniform,tree_random,trace")
     p.add_argument("--steps", type=int, help="RL steps per run (default: the demo's preset)")
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the demo's preset)")
@@ -274,14 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
     cli.quiet_libraries()
-    if args.seeds < 1 or not allocators:
-        p.error("need at least one seed and one allocator")
+    seeds = list(range(args.seeds))
+    if args.only_seeds:
+        try:
+            seeds = sorted({int(s) for s in args.only_seeds.split(",") if s.strip()})
+        except ValueError:
+            p.error(f"--only-seeds takes a comma list of integers, got {args.only_seeds!r}")
+    if not seeds or min(seeds) < 0 or not allocators:
+        p.error("need at least one non-negative seed and one allocator")
     t0 = time.perf_counter()
     with DemoProgress(enabled=not args.no_progress) as progress:
         rl = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every)) if v is not None}
         try:
-            reports = run_all(allocators, list(range(args.seeds)), rl, args.work_dir, args.quick, progress)
-            probed = (probe(allocators, list(range(args.seeds)), args.probe_steps, args.work_dir, args.quick, progress)
+            reports = run_all(allocators, seeds, rl, args.work_dir, args.quick, progress)
+            probed = (probe(allocators, seeds, args.probe_steps, args.work_dir, args.quick, progress)
                       if args.probe_steps else None)
         except KeyboardInterrupt:
             progress.log(f"interrupted; the same command continues from {args.work_dir}")
