@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from verl_trace.demo import cli, warm_start
 from verl_trace.demo.learner import LeafBatch, compute_advantages
@@ -43,7 +44,7 @@ from verl_trace.demo.world import MINI_DIR
 from verl_trace.metrics import forest_metrics
 
 
-def run_all(allocators: list[str], seeds: list[int], rl: dict[str, Any], work: Path, quick: bool,
+def run_all(allocators: list[str], seeds: list[int], overrides: dict[str, Any], work: Path, quick: bool,
             progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
     reports: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in allocators}
     with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
@@ -55,7 +56,7 @@ def run_all(allocators: list[str], seeds: list[int], rl: dict[str, Any], work: P
                     progress.log(f"seed {seed} {alloc}: reusing {done}")
                     reports[alloc][seed] = json.loads(done.read_text())
                     continue
-                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides={"rl": rl})
+                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides=overrides)
                 progress.log(f"seed {seed} {alloc}: {settings.rl.steps} steps x {settings.leaves_per_step} leaves")
                 t0 = time.perf_counter()
                 rep = cli.run(settings, out, quick=quick, resume=True, progress=progress,
@@ -114,7 +115,7 @@ def probe_step_metrics(run: RLRun) -> dict[str, float]:
     }
 
 
-def probe(allocators: list[str], seeds: list[int], steps: int, work: Path, quick: bool,
+def probe(allocators: list[str], seeds: list[int], steps: int, overrides: dict[str, Any], work: Path, quick: bool,
           progress: DemoProgress) -> dict[str, Any]:
     """Allocation at a fixed policy (each seed's warm start): ``steps`` rollout steps per
     allocator, no updates. Separates what each allocator does with the budget from how the
@@ -124,7 +125,7 @@ def probe(allocators: list[str], seeds: list[int], steps: int, work: Path, quick
         for alloc in allocators:
             rows = []
             for seed in seeds:
-                settings = make_settings(quick=quick, allocator=alloc, seed=seed)
+                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides=overrides)
                 warm = warm_start.find(work / f"seed{seed}" / "warm_start", settings)
                 if warm is None:
                     raise FileNotFoundError(f"no warm start for seed {seed} in {work}: run the benchmark first")
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the demo's preset)")
     p.add_argument("--work-dir", type=Path, default=Path("outputs/e2e_cpu"))
     p.add_argument("--plot", type=Path, help="write the comparison figure here (PNG)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a demo setting for every run, e.g. --set trace.allocation.pool_factor=1 (an "
+                        "ablation: give it its own --work-dir; warm starts of the same seed can be copied in)")
     p.add_argument("--quick", action="store_true", help="the demo's quick preset (a smoke run, not a measurement)")
     p.add_argument("--probe-steps", type=int, default=0,
                    help="then N rollout steps per allocator and seed at the warm-start policy, without updates "
@@ -286,10 +290,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need at least one non-negative seed and one allocator")
     t0 = time.perf_counter()
     with DemoProgress(enabled=not args.no_progress) as progress:
-        rl = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every)) if v is not None}
         try:
-            reports = run_all(allocators, seeds, rl, args.work_dir, args.quick, progress)
-            probed = (probe(allocators, seeds, args.probe_steps, args.work_dir, args.quick, progress)
+            overrides = cli.overrides(args.set, args.steps)
+        except ValueError as e:
+            p.error(str(e))
+        if args.eval_every is not None:
+            overrides.setdefault("rl", {})["eval_every"] = args.eval_every
+        try:  # every run's settings are checked before anything starts
+            for alloc in allocators:
+                make_settings(quick=args.quick, allocator=alloc, seed=seeds[0], overrides=overrides)
+        except (ValidationError, KeyError) as e:
+            p.error(f"invalid settings: {e}")
+        try:
+            reports = run_all(allocators, seeds, overrides, args.work_dir, args.quick, progress)
+            probed = (probe(allocators, seeds, args.probe_steps, overrides, args.work_dir, args.quick, progress)
                       if args.probe_steps else None)
         except KeyboardInterrupt:
             progress.log(f"interrupted; the same command continues from {args.work_dir}")
