@@ -168,6 +168,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _finite_median(values: list[float]) -> float | None:
+    """Median, or None when it is infinite (most seeds never got there) or there are no values."""
+    med = float(np.median(values)) if values else np.inf
+    return med if np.isfinite(med) else None
+
+
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -192,8 +198,7 @@ def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
                 continue
             tokens = first_reach(curves[s], uniform[s]["final_accuracy"])
             reach.append(tokens)
-            if tokens is not None:
-                ratios.append(tokens / uniform[s]["generated_tokens"])
+            ratios.append(tokens / uniform[s]["generated_tokens"] if tokens is not None else np.inf)
         reached = [t for t in reach if t is not None]
         train = [by_seed[s]["curves"]["train"] for s in seeds]
 
@@ -202,12 +207,11 @@ def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             "final_accuracy": {"mean": float(np.mean(finals)), "std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
                                "per_seed": dict(zip(seeds, finals))},
             "tokens_to_reach_uniform_final": {
-                # median over seeds, a seed that never reached it counting as infinitely many tokens
-                "median": (float(np.median([t if t is not None else np.inf for t in reach]))
-                           if reach and len(reached) * 2 > len(reach) else None),
+                # medians over seeds, a seed that never reached it counting as infinitely many tokens
+                "median": _finite_median([t if t is not None else np.inf for t in reach]),
                 "per_seed": dict(zip([s for s in seeds if s in uniform], reach)),
                 "reached": len(reached),
-                "ratio_to_uniform_total_median": float(np.median(ratios)) if ratios and len(ratios) * 2 > len(reach) else None,
+                "ratio_to_uniform_total_median": _finite_median(ratios),
             },
             "generated_tokens": {"mean": float(np.mean([by_seed[s]["generated_tokens"] for s in seeds])),
                                  "per_seed": {s: by_seed[s]["generated_tokens"] for s in seeds}},
