@@ -20,13 +20,17 @@ TAGS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "<think>", "</th
 
 # ChatML with hermes-style tools, in the shape Qwen models use: tool schemas in the system block,
 # calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as a `tool` turn.
-CHAT_TEMPLATE = r"""
+_TOOLS_SCHEMAS = r"""{{- '# Tools\n<tools>\n' -}}
+{%- for tool in tools -%}{{- tool | tojson -}}{{- '\n' -}}{%- endfor -%}
+{{- '</tools>\nCall a tool as <tool_call>{"name": NAME, "arguments": ARGS}</tool_call><|im_end|>\n' -}}"""
+# Tool names only: for models trained from scratch, which learn the tools from data and for which
+# every prompt token costs (the CPU demo); same ChatML turns and hermes calls otherwise.
+_TOOLS_NAMES = r"""{{- 'Tools:' -}}{%- for tool in tools -%}{{- ' ' + tool.function.name -}}{%- endfor -%}{{- '<|im_end|>\n' -}}"""
+_TEMPLATE = r"""
 {%- if tools -%}
 {{- '<|im_start|>system\n' -}}
 {%- if messages[0].role == 'system' -%}{{- messages[0].content + '\n\n' -}}{%- endif -%}
-{{- '# Tools\n<tools>\n' -}}
-{%- for tool in tools -%}{{- tool | tojson -}}{{- '\n' -}}{%- endfor -%}
-{{- '</tools>\nCall a tool as <tool_call>{"name": NAME, "arguments": ARGS}</tool_call><|im_end|>\n' -}}
+TOOLS_BLOCK
 {%- elif messages[0].role == 'system' -%}
 {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' -}}
 {%- endif -%}
@@ -46,8 +50,16 @@ CHAT_TEMPLATE = r"""
 """
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
-    """Train a byte-level BPE tokenizer on ``texts`` and wrap it for transformers."""
+def chat_template(tool_schemas: bool = True) -> str:
+    """The ChatML template, rendering the tools as full JSON schemas or as their names only."""
+    return _TEMPLATE.replace("TOOLS_BLOCK", _TOOLS_SCHEMAS if tool_schemas else _TOOLS_NAMES)
+
+
+CHAT_TEMPLATE = chat_template(True)
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, template: str = CHAT_TEMPLATE):
+    """Train a byte-level BPE tokenizer on ``texts`` (and the chat ``template``) and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +74,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(texts) + [CHAT_TEMPLATE], trainer=trainer)
+    tok.train_from_iterator(list(texts) + [template], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -71,7 +83,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
         additional_special_tokens=SPECIAL[1:],
     )
     fast.add_tokens(TAGS)
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = template
     return fast
 
 

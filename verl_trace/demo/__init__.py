@@ -1,0 +1,14 @@
+"""The CPU end-to-end demo: a tiny agent learns multi-hop search with TRACE.
+
+``python -m verl_trace.demo`` (``make demo``) runs the whole loop for real on an ordinary machine:
+a BM25 retrieval server (``server``), a tiny Qwen2 with a locally trained tokenizer (``model``),
+a supervised warm start on deliberately imperfect demonstrations generated through verl's agent
+loop (``demonstrations``, ``sft``, ``warm_start``), then RL where every step's rollouts go through
+``TreeRolloutRunner`` + ``TraceToolAgentLoop`` + ``HFLLMClient`` + the real ``SearchTool``
+(``agent``), advantages come from verl's registry and the loss from verl's
+``get_policy_loss_fn`` (``learner``), with held-out evaluation (``evaluate``), checkpoints
+(``checkpoint``), a report with plots and a rendered rollout tree (``report``, ``render``).
+``benchmarks/e2e_cpu.py`` compares allocators with the same pieces. docs/demo.md explains it.
+
+This small trainer exists for CPU demos and benchmarks only; verl's trainer is the product path.
+"""

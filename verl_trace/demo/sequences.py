@@ -1,0 +1,79 @@
+"""Padded (prompt + response) batches and per-token log-probabilities of the response, shared by
+the supervised phase and the policy update.
+
+A row is ``prompt_ids + response_ids``; position ``t`` of the response is predicted from the
+logits at ``len(prompt) + t - 1``. Rows are right-padded, so positions are plain ``0..L-1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from verl.utils.torch_functional import logprobs_from_logits
+
+
+@dataclass
+class SeqBatch:
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    prompt_lens: torch.Tensor  # (B,)
+    response_len: int  # R: width of the response tensors below
+
+    def response_index(self) -> torch.Tensor:
+        """(B, R) index into the sequence of the logits that predict each response token."""
+        r = torch.arange(self.response_len)
+        return (self.prompt_lens[:, None] - 1 + r[None, :]).clamp(max=self.input_ids.shape[1] - 2)
+
+
+def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> SeqBatch:
+    lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    width = max(lens) + 1  # one spare column so every response position has a next-token target
+    resp_w = max(1, max(len(r) for r in responses))
+    ids = torch.full((len(lens), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(lens), width), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        row = list(p) + list(r)
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attn[i, : len(row)] = 1
+    return SeqBatch(ids, attn, torch.tensor([len(p) for p in prompts]), resp_w)
+
+
+def pad_response(rows: Sequence[Sequence[float]], width: int, value: float = 0.0, dtype=torch.float32) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, : len(row)] = torch.tensor(list(row), dtype=dtype)
+    return out
+
+
+def response_logprobs(model: torch.nn.Module, batch: SeqBatch, temperature: float = 1.0) -> torch.Tensor:
+    """(B, R) log-probabilities of the response tokens under ``log_softmax(logits / T)``: what the
+    in-process engine reports for sampled tokens and verl's actor recomputes."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    idx = batch.response_index()
+    logits = out.logits.gather(1, idx[:, :, None].expand(-1, -1, out.logits.shape[-1]))
+    targets = batch.input_ids.gather(1, (idx + 1).clamp(max=batch.input_ids.shape[1] - 1))
+    return logprobs_from_logits(logits.float() / temperature, targets)
+
+
+def next_token_logprobs(model: torch.nn.Module, batch: SeqBatch) -> torch.Tensor:
+    """(B, L-1) log-probability of every next token (position ``t`` predicts token ``t + 1``)."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return logprobs_from_logits(out.logits[:, :-1].float(), batch.input_ids[:, 1:])
+
+
+def sequence_weights(batch: SeqBatch, response_masks: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(generated, context) 0/1 weights aligned with :func:`next_token_logprobs`: which predicted
+    tokens the policy generated, and which are prompt or environment tokens (the first prompt
+    token is never predicted; padding is neither)."""
+    gen = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - 1)
+    ctx = torch.zeros_like(gen)
+    for i, mask in enumerate(response_masks):
+        p = int(batch.prompt_lens[i])
+        ctx[i, : p - 1] = 1.0
+        m = torch.tensor(list(mask), dtype=torch.float32)
+        gen[i, p - 1 : p - 1 + len(m)] = m
+        ctx[i, p - 1 : p - 1 + len(m)] = 1.0 - m
+    return gen, ctx

@@ -1,0 +1,150 @@
+"""Every knob of the CPU demo in one validated place, with the two presets the CLI offers.
+
+The defaults are sized for the limits in the issue: ``make demo`` (the full preset) within 15
+minutes on 2 shared CPU cores, ``--quick`` within 3. The allocators of a comparison share
+everything here except ``trace.allocator`` (and the estimator paired with it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import TraceConfig
+
+# The estimator each allocator is compared with: Tree-GRPO's own for its random trees, TRACE's
+# tree advantage otherwise (on independent chains it is exactly GRPO).
+ESTIMATOR = {"uniform": "trace", "tree_random": "tree_grpo", "trace": "trace", "entropy": "trace", "prompt": "trace"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    """The tiny Qwen2 and its locally trained tokenizer (``verl_trace.tiny``)."""
+
+    vocab_size: int = Field(1024, ge=300)  # BPE merges; entity names are added on top, one token each
+    name_init_std: float = Field(0.1, gt=0.0)  # scale of the names' random identities (model.share_name_updates)
+    hidden: int = Field(128, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    max_positions: int = Field(512, ge=128)
+
+
+class TaskSettings(_Strict):
+    """The Search-R1 episode: what the agent loop and the search tool are allowed."""
+
+    topk: int = Field(1, ge=1, le=10)  # passages per search (the gold passage always ranks first here)
+    max_turns: int = Field(5, ge=1)  # assistant turns (3 hops + one retry + the answer)
+    prompt_length: int = Field(128, ge=32)
+    response_length: int = Field(384, ge=64)
+    max_tool_response_chars: int = Field(1024, ge=64)
+
+
+class TeacherSettings(_Strict):
+    """How imperfect the generated demonstrations are (docs/demo.md: the teacher's state machine).
+    Each probability applies at the decision it names; together they put the teacher at about half
+    right, so the warm-started policy starts middling and has room to learn."""
+
+    wrong_first_query: float = Field(0.25, ge=0.0, le=1.0)  # search a wrong entity first
+    wrong_entity: float = Field(0.12, ge=0.0, le=1.0)  # follow the wrong passage at a later hop
+    premature_answer: float = Field(0.2, ge=0.0, le=1.0)  # answer with an intermediate entity
+    recover: float = Field(0.5, ge=0.0, le=1.0)  # after a wrong search, search the right entity
+    wrong_answer: float = Field(0.08, ge=0.0, le=1.0)  # all hops done, answer with a distractor
+
+
+class SFTSettings(_Strict):
+    demonstrations: int = Field(1500, ge=8)  # one per training question (sampled without replacement first)
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(24, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    warmup: int = Field(20, ge=0)
+    context_weight: float = Field(0.5, ge=0.0)  # loss weight of question/observation tokens (sft.py)
+    rename: bool = True  # rename entities at random in every demonstration (sft.Renamer)
+
+
+class RLSettings(_Strict):
+    steps: int = Field(24, ge=1)
+    prompts_per_step: int = Field(16, ge=1)  # tree roots per step (trace: chosen from the pool)
+    leaves_per_prompt: int = Field(8, ge=2)  # the step's budget is prompts_per_step * this, in leaves
+    temperature: float = Field(0.7, gt=0.0)  # sampling (and loss) temperature
+    lr: float = Field(3e-4, gt=0.0)
+    lr_warmup: int = Field(6, ge=0)  # optimizer steps of linear warm-up
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip_ratio: float = Field(0.2, gt=0.0)
+    mini_batches: int = Field(2, ge=1)  # optimizer steps per RL step (PPO epochs: 1)
+    micro_batch_size: int = Field(16, ge=1)  # rows per forward/backward pass
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    eval_every: int = Field(4, ge=1)
+    eval_questions: int = Field(251, ge=1)  # held-out test questions (a fixed sample if fewer than all)
+    eval_temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    max_concurrency: int = Field(64, ge=1)  # agent-loop runs in flight
+    max_batch_size: int = Field(32, ge=1)  # rows decoded together by the in-process engine
+
+
+class DemoSettings(_Strict):
+    seed: int = 0
+    # torch threads for training and decoding. One: with two, OpenMP's barriers stall whenever
+    # another process holds a core, and steps got ~10x slower on the shared 2-core machine.
+    threads: int = Field(1, ge=1)
+    model: ModelSettings = ModelSettings()
+    task: TaskSettings = TaskSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    sft: SFTSettings = SFTSettings()
+    rl: RLSettings = RLSettings()
+    trace: TraceConfig = Field(default_factory=lambda: TraceConfig(allocator="trace"))
+
+    @property
+    def allocator(self) -> str:
+        return self.trace.allocator
+
+    @property
+    def estimator(self) -> str:
+        return ESTIMATOR[self.trace.allocator]
+
+    @property
+    def leaves_per_step(self) -> int:
+        return self.rl.prompts_per_step * self.rl.leaves_per_prompt
+
+
+# Per-allocator defaults, as in recipes/search_r1/config/method/: TRACE chooses its roots from a
+# candidate pool twice the batch (prompts it does not choose cost no rollouts).
+METHODS: dict[str, dict[str, Any]] = {"trace": {"allocation": {"pool_factor": 2.0}}}
+
+QUICK: dict[str, Any] = {
+    "sft": {"demonstrations": 256, "steps": 40, "batch_size": 16},
+    "rl": {"steps": 3, "prompts_per_step": 4, "leaves_per_prompt": 4, "eval_every": 3, "eval_questions": 16},
+}
+
+
+def make_settings(*, quick: bool = False, allocator: str = "trace", seed: int = 0,
+                  overrides: dict[str, Any] | None = None) -> DemoSettings:
+    """The full or quick preset for ``allocator`` and ``seed``, with optional nested overrides
+    (e.g. ``{"rl": {"steps": 10}}``). Bad values fail naming the field."""
+    trace = _merge({"allocator": allocator, "seed": seed, "predictor": {"seed": seed}}, METHODS.get(allocator, {}))
+    raw: dict[str, Any] = {"seed": seed, "trace": trace}
+    for layer in ([QUICK] if quick else []) + ([overrides] if overrides else []):
+        raw = _merge(raw, layer)
+    return DemoSettings.model_validate(raw)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def verl_config(task: TaskSettings):
+    """The slice of verl's trainer config that the agent loop and the tree runner read."""
+    from omegaconf import OmegaConf
+
+    multi_turn = {"format": "hermes", "max_user_turns": task.max_turns, "max_assistant_turns": task.max_turns,
+                  "max_parallel_calls": 1, "max_tool_response_length": task.max_tool_response_chars,
+                  "tool_response_truncate_side": "right"}
+    rollout = {"prompt_length": task.prompt_length, "response_length": task.response_length,
+               "full_determinism": False, "multi_turn": multi_turn}
+    return OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}, "data": {"apply_chat_template_kwargs": {}}})
