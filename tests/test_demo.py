@@ -81,6 +81,8 @@ def test_checkpoint_refuses_other_settings_by_field():
     b = make_settings(overrides={"rl": {"lr": 1e-3}}).model_dump()
     assert checkpoint.first_difference(a, a) is None
     assert checkpoint.first_difference(a, b) == "rl.lr"
+    longer = make_settings(overrides={"rl": {"steps": 40}}).model_dump()
+    assert checkpoint.first_difference(a, longer) is None  # a resumed run may be given more steps
 
 
 def test_render_shows_branches_estimates_and_outcomes(tmp_path):
@@ -115,9 +117,12 @@ def _server_port(out: Path) -> int:
 @pytest.mark.slow
 def test_quick_demo_interrupted_then_resumed(tmp_path):
     """``--quick`` end to end: Ctrl-C after the first RL step leaves a partial report and stops
-    the server; ``--resume`` finishes the run; every step spent exactly its leaf budget."""
+    the server; ``--resume`` finishes the run; every step spent exactly its leaf budget. The first
+    run is given far more steps than it gets to, so the Ctrl-C always lands inside the RL phase
+    (quick steps of an untrained model take a fraction of a second); the resumed run stops two
+    steps after the interruption."""
     out = tmp_path / "demo"
-    proc = _demo(out)
+    proc = _demo(out, "--steps", "1000")
     deadline = time.monotonic() + 240
     while not checkpoint.exists(out / "checkpoint"):
         assert proc.poll() is None, proc.stdout.read()
@@ -127,24 +132,25 @@ def test_quick_demo_interrupted_then_resumed(tmp_path):
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, log
     partial = json.loads((out / "report.json").read_text())
-    assert partial["status"] == "interrupted" and 1 <= partial["steps"] < partial["planned_steps"]
+    done = partial["steps"]
+    assert partial["status"] == "interrupted" and 1 <= done < partial["planned_steps"] == 1000
     assert partial["start_accuracy"] is not None
     with pytest.raises(httpx.TransportError):  # the server went down with the demo
         httpx.get(f"http://127.0.0.1:{_server_port(out)}/health", timeout=2)
 
-    proc = _demo(out, "--resume")
+    proc = _demo(out, "--resume", "--steps", str(done + 2))
     log = proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, log
     assert "reusing" in log  # the warm start was not rebuilt
     rep = json.loads((out / "report.json").read_text())
-    assert rep["status"] == "completed" and rep["steps"] == rep["planned_steps"] == 3
+    assert rep["status"] == "completed" and rep["steps"] == rep["planned_steps"] == done + 2
     budget = rep["budget"]["leaves_per_step"]
     assert budget == 16 and all(r["leaves"] == budget == r["plan/launched"] for r in rep["curves"]["train"])
-    assert [r["step"] for r in rep["curves"]["train"]] == [1, 2, 3]  # resumed, not restarted
+    assert [r["step"] for r in rep["curves"]["train"]] == list(range(1, done + 3))  # resumed, not restarted
     assert rep["generated_tokens"] == sum(r["tokens"] for r in rep["curves"]["train"]) > 0
     for key in ("start_accuracy", "final_accuracy"):
         assert 0.0 <= rep[key] <= 1.0
-    assert rep["curves"]["eval"][0]["step"] == 0 and rep["curves"]["eval"][-1]["step"] == 3
+    assert rep["curves"]["eval"][0]["step"] == 0 and rep["curves"]["eval"][-1]["step"] == done + 2
     assert rep["warm_start"]["demonstrations"] > 0 and 0 < rep["warm_start"]["teacher_accuracy"] < 1
     for name in ("accuracy.png", "training.png", "rollout_tree.png", "rollout_tree.html", "rollout_tree.json"):
         assert (out / name).stat().st_size > 0, name

@@ -3,7 +3,8 @@ states, step, sampler position and the curves so far, written after every step.
 
 The directory is replaced atomically (written next to it, then renamed), so an interrupted save
 leaves the previous checkpoint intact. A checkpoint records the settings it was trained with;
-resuming under different settings is refused, naming the first field that differs.
+resuming under different settings is refused, naming the first field that differs, except for
+``RESUMABLE_CHANGES`` (where a run stops is not part of how it trains).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 STATE = "state.pt"
+RESUMABLE_CHANGES = frozenset({"rl.steps"})  # e.g. --resume --steps 40 continues a 24-step run to 40
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,11 +58,15 @@ def load_state(path: Path) -> dict[str, Any]:
     return torch.load(Path(path) / STATE, weights_only=False)
 
 
-def first_difference(saved: Any, current: Any, where: str = "") -> str | None:
-    """Dotted path of the first differing field of two nested settings dicts, or None."""
+def first_difference(saved: Any, current: Any, where: str = "",
+                     ignore: frozenset[str] = RESUMABLE_CHANGES) -> str | None:
+    """Dotted path of the first differing field of two nested settings dicts (fields in ``ignore``
+    aside), or None."""
+    if where in ignore:
+        return None
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in sorted(set(saved) | set(current)):
-            diff = first_difference(saved.get(key), current.get(key), f"{where}.{key}" if where else key)
+            diff = first_difference(saved.get(key), current.get(key), f"{where}.{key}" if where else key, ignore)
             if diff:
                 return diff
         return None
