@@ -241,7 +241,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         seeds = list(res["curve_per_seed"])
         curves = np.array([res["curve_per_seed"][s][: len(res["curve"])] for s in seeds], dtype=float)
         tokens, acc = curves[:, :, 0].mean(0), curves[:, :, 1]
-        line = axes[0].plot(tokens / 1e3, acc.mean(0), marker="o", ms=3, label=f"{alloc} ({res['estimator']})")[0]
+        line = axes[0].plot(tokens / 1e3, acc.mean(0), marker="o", ms=3, label=f"{alloc} (advantage: {res['estimator']})")[0]
         if len(seeds) > 1:
             axes[0].fill_between(tokens / 1e3, acc.mean(0) - acc.std(0, ddof=1), acc.mean(0) + acc.std(0, ddof=1),
                                  color=line.get_color(), alpha=0.15)

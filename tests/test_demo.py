@@ -104,9 +104,13 @@ def test_render_shows_branches_estimates_and_outcomes(tmp_path):
 
 # ---------------------------------------------------------------------- the job itself
 def _demo(out: Path, *extra: str) -> subprocess.Popen:
+    """The demo as a terminal starts it. SIGINT is reset to its default disposition because a
+    non-interactive shell that runs the test suite in the background (as CI may) hands its
+    children SIGINT *ignored*, and Python then never turns Ctrl-C into KeyboardInterrupt."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "verl_trace.demo", "--quick", "--out", str(out), "--no-progress", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _server_port(out: Path) -> int:
