@@ -38,16 +38,16 @@ from verl_trace.demo import cli, warm_start
 from verl_trace.demo.learner import LeafBatch, compute_advantages
 from verl_trace.demo.progress import DemoProgress
 from verl_trace.demo.rl import RLRun
-from verl_trace.demo.server import RetrievalServer
 from verl_trace.demo.settings import make_settings
 from verl_trace.demo.world import MINI_DIR
 from verl_trace.metrics import forest_metrics
+from verl_trace.tools.retrieval_server.process import RetrievalServerProcess
 
 
 def run_all(allocators: list[str], seeds: list[int], overrides: dict[str, Any], work: Path, quick: bool,
             progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
     reports: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in allocators}
-    with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
+    with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
         for seed in seeds:
             for alloc in allocators:
                 out = work / f"seed{seed}" / alloc
@@ -121,7 +121,7 @@ def probe(allocators: list[str], seeds: list[int], steps: int, overrides: dict[s
     allocator, no updates. Separates what each allocator does with the budget from how the
     policy then learns."""
     out: dict[str, Any] = {}
-    with RetrievalServer(MINI_DIR / "corpus.jsonl", work / "retrieval_server_probe.log") as server:
+    with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", work / "retrieval_server_probe.log") as server:
         for alloc in allocators:
             rows = []
             for seed in seeds:

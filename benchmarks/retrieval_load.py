@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,8 @@ import httpx
 import numpy as np
 import psutil
 from tqdm import tqdm
+
+from verl_trace.tools.retrieval_server.process import RetrievalServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_CORPUS = ROOT / "recipes" / "search_r1" / "data" / "mini" / "corpus.jsonl"
@@ -106,25 +106,12 @@ class ServerRun:
     rss: list[tuple[float, float, float]] = field(default_factory=list)  # (s since start, RSS, anonymous) MiB
 
     def __post_init__(self):
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = ["nice", "-n", str(self.nice), sys.executable, "-m", "verl_trace.tools.retrieval_server",
-               "--corpus", str(self.corpus), "--index-dir", str(self.index_dir), "--port", str(self.port),
-               "--max-queries", "4096"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        start = time.monotonic()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(1.0)
-        self.startup_s = time.monotonic() - start
+        # index building for a million passages takes minutes; its progress bar goes to stderr
+        self.server = RetrievalServerProcess(self.corpus, None, index_dir=self.index_dir,
+                                             extra_args=["--max-queries", "4096"], prefix=["nice", "-n", str(self.nice)],
+                                             startup_timeout=3 * 3600).start()
+        self.url, self.proc = self.server.url, self.server.proc
+        self.startup_s = self.server.startup_seconds
         self._stop = threading.Event()
         self._ps = psutil.Process(self.proc.pid)
         self._t0 = time.monotonic()
@@ -149,11 +136,7 @@ class ServerRun:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.server.stop()
 
 
 async def _post_aiohttp(session, url: str, body: dict) -> str | None:

@@ -3,68 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from verl_trace.tools.retrieval_server.process import RetrievalServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI = ROOT / "recipes" / "search_r1" / "data" / "mini"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``python -m verl_trace.tools.retrieval_server`` as a child process on 127.0.0.1."""
-
-    def __init__(self, corpus: Path, index_dir: Path, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = index_dir.parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "verl_trace.tools.retrieval_server", "--corpus", str(corpus),
-               "--index-dir", str(index_dir), "--port", str(self.port), "--no-progress", *extra]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"retrieval server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"retrieval server not ready in {timeout}s:\n{self.log.read_text()}")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_process(corpus: Path, index_dir: Path, *extra: str) -> RetrievalServerProcess:
+    """A BM25 server process with its index in ``index_dir`` and its log beside it."""
+    log = index_dir.parent / f"server-{index_dir.name}.log"
+    return RetrievalServerProcess(corpus, log, index_dir=index_dir, extra_args=extra, startup_timeout=60.0).start()
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +32,9 @@ def mini_corpus_rows() -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory) -> Iterator[RetrievalServerProcess]:
     """One BM25 server over the shipped mini corpus for the whole session."""
-    proc = ServerProcess(MINI / "corpus.jsonl", tmp_path_factory.mktemp("bm25") / "index")
+    proc = start_process(MINI / "corpus.jsonl", tmp_path_factory.mktemp("bm25") / "index")
     yield proc
     proc.stop()
 
@@ -88,10 +42,10 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def start_server(tmp_path) -> Iterator:
     """Start servers this test may stop, freeze or kill: ``start_server(*extra_cli_args)``."""
-    started: list[ServerProcess] = []
+    started: list[RetrievalServerProcess] = []
 
-    def start(*extra: str) -> ServerProcess:
-        started.append(ServerProcess(MINI / "corpus.jsonl", tmp_path / f"index{len(started)}", *extra))
+    def start(*extra: str) -> RetrievalServerProcess:
+        started.append(start_process(MINI / "corpus.jsonl", tmp_path / f"index{len(started)}", *extra))
         return started[-1]
 
     yield start

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from ..tools.retrieval_server.process import RetrievalServerProcess
 from . import report as report_io
 from . import warm_start
 from .progress import DemoProgress
 from .rl import History, RLRun
-from .server import RetrievalServer
 from .settings import ESTIMATOR, DemoSettings, make_settings
 from .world import MINI_DIR
 
@@ -80,7 +80,7 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
     status = "failed"
     try:
         if retrieve_url is None:
-            server = RetrievalServer(MINI_DIR / "corpus.jsonl", out / "retrieval_server.log").start()
+            server = RetrievalServerProcess(MINI_DIR / "corpus.jsonl", out / "retrieval_server.log").start()
             retrieve_url = server.retrieve_url
             progress.log(f"retrieval server: {server.url} (BM25 over {MINI_DIR / 'corpus.jsonl'})")
         warm = warm_start.prepare(settings, warm_dir or out / "warm_start", retrieve_url, progress)
