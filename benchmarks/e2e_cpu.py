@@ -2,7 +2,7 @@
 
     nice python benchmarks/e2e_cpu.py --out results.json [--seeds 3] \\
         [--allocators uniform,tree_random,trace] [--steps 30] [--eval-every 3] [--work-dir outputs/e2e_cpu] \
-        [--plot docs/img/e2e_cpu.png] [--only-seeds 0,2]
+        [--plot docs/img/e2e_cpu.png] [--only-seeds 0,2] [--set trace.allocation.pool_factor=1]
 
 For each seed, one warm start (tokenizer, tiny model, demonstrations, supervised phase) is built
 and every allocator's RL run starts from that same checkpoint, with the same leaf budget per step,
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # every run's settings are checked before anything starts
             for alloc in allocators:
                 make_settings(quick=args.quick, allocator=alloc, seed=seeds[0], overrides=overrides)
-        except (ValidationError, KeyError) as e:
+        except ValidationError as e:
             p.error(f"invalid settings: {e}")
         try:
             reports = run_all(allocators, seeds, overrides, args.work_dir, args.quick, progress)

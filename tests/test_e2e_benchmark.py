@@ -45,3 +45,8 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "rl.lr" in proc.stderr
     assert not (tmp_path / "work").exists()
+    cmd[cmd.index("--set") + 1] = "rl.steps=3"
+    proc = subprocess.run([*cmd, "--allocators", "uniform,oracle"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "oracle" in proc.stderr and "cannot run in the demo" in proc.stderr
+    assert not (tmp_path / "work").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import TraceConfig
 
@@ -96,6 +96,14 @@ class DemoSettings(_Strict):
     sft: SFTSettings = SFTSettings()
     rl: RLSettings = RLSettings()
     trace: TraceConfig = Field(default_factory=lambda: TraceConfig(allocator="trace"))
+
+    @model_validator(mode="after")
+    def _runnable_allocator(self) -> DemoSettings:
+        # `oracle` needs the true success probability, which only the allocation simulator has
+        if self.trace.allocator not in ESTIMATOR:
+            raise ValueError(f"trace.allocator {self.trace.allocator!r} cannot run in the demo; "
+                             f"choose one of {sorted(ESTIMATOR)}")
+        return self
 
     @property
     def allocator(self) -> str:
