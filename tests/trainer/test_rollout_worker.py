@@ -285,7 +285,7 @@ def test_a_failed_rollout_fails_its_share_of_roots_instead_of_hanging_the_traine
 def test_worker_restart_resumes_with_the_same_predictor(job, step1):
     import ray
 
-    from verl_trace.predictor_service import PREDICTOR_ACTOR_NAME, PredictorService, RemotePredictor
+    from verl_trace.predictor.service import PREDICTOR_ACTOR_NAME, PredictorService, RemotePredictor
 
     predictor = ray.get_actor(PREDICTOR_ACTOR_NAME)
     assert ray.get(predictor.pop_metrics.remote())["predictor/updates_total"] == WORKERS  # one update per worker

@@ -42,7 +42,7 @@ from verl.utils import tensordict_utils as tu
 from ..allocation import ALLOCATORS
 from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
-from ..predictor_service import RemotePredictor, get_predictor_actor
+from ..predictor.service import RemotePredictor, get_predictor_actor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
 from ..tree import LeafStatus
 from .agent_loop import TraceToolAgentLoop

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from ..config import TraceConfig, load_trace_config
 from ..metrics import merge_step_metrics
-from ..predictor_service import create_predictor_actor, load_predictor, save_predictor
+from ..predictor.service import create_predictor_actor, load_predictor, save_predictor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY
 from .config_check import PREDICTOR_ALLOCATORS, TREE_ESTIMATORS, pool_size, uses_trace_rollout
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
