@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--sections", default="client,snapshots,runner", help="comma-separated subset to run")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    from verl_trace.tiny import build_model, build_tokenizer
+    from verl_trace.testing.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer(CORPUS, vocab_size=512)
     model = build_model(tok, seed=args.seed)

@@ -88,7 +88,7 @@ def test_seeded_requests_are_reproducible_in_any_batch_and_greedy_is_argmax(toke
 
 
 def test_weight_updates_between_steps_change_generation(tokenizer):
-    from verl_trace.tiny import build_model
+    from verl_trace.testing.tiny import build_model
 
     model = build_model(tokenizer, seed=1)
     client = HFLLMClient(model, tokenizer, prompt_length=64, response_length=12)

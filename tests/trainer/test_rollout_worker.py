@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from verl_trace.protocol import METRICS_PARTITION, ROOTS_KEY
-from verl_trace.rollout import arithmetic
+from verl_trace.testing import arithmetic
 from verl_trace.tree import LeafStatus, RolloutTree
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def faulty_policy():
 
 
 def client_for(cfg, tokenizer):
-    from verl_trace.rollout import ScriptedPolicyClient
+    from verl_trace.testing.scripted import ScriptedPolicyClient
 
     r = cfg.actor_rollout_ref.rollout
     return ScriptedPolicyClient(tokenizer, faulty_policy(), prompt_length=r.prompt_length, response_length=r.response_length)

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class ModelSettings(_Strict):
-    """The tiny Qwen2 and its locally trained tokenizer (``verl_trace.tiny``)."""
+    """The tiny Qwen2 and its locally trained tokenizer (``verl_trace.testing.tiny``)."""
 
     vocab_size: int = Field(1024, ge=300)  # BPE merges; entity names are added on top, one token each
     name_init_std: float = Field(0.1, gt=0.0)  # scale of the names' random identities (model.share_name_updates)
