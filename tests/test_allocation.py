@@ -180,3 +180,45 @@ def test_failed_leaves_count_against_the_budget(make_world):
     assert failed > 0
     assert pl.metrics()["plan/failed"] == failed
     assert sum(len(t.leaves()) for t in pl.ctx.trees.values()) == 15
+
+
+def test_registry_and_config_schema_name_the_same_allocators():
+    """``config.AllocatorName`` (the schema, layer 1) repeats the registry's names (layer 3) so a bad
+    name fails at load time; they must stay the same list."""
+    from typing import get_args
+
+    from verl_trace.config import AllocatorName, TraceConfigError, load_trace_config
+
+    assert list(get_args(AllocatorName)) == list(ALLOCATORS)
+    assert all(cls.name == name for name, cls in ALLOCATORS.items())
+    with pytest.raises(TraceConfigError, match="trace.allocator: Input should be 'uniform', 'prompt'"):
+        load_trace_config({"allocator": "grpo"})
+
+
+@pytest.mark.parametrize("name", list(ALLOCATORS))
+def test_capabilities_describe_what_the_allocator_does(make_world, name):
+    """What the trainer, worker and simulator read off the class is what the allocator does: one
+    without ``needs_predictor`` runs without one, one without ``selects_roots`` takes the pool's first
+    prompts, one without ``grows_trees`` launches only fresh chains at the root."""
+    cls = ALLOCATORS[name]
+    cfg = TraceConfig(allocator=name, allocation={"pool_factor": 2.0, "rounds": 2})
+    predictor = build_predictor(cfg.predictor, oracle=cls.simulator_only) if cls.needs_predictor else None
+    pl = new_planner(cfg, cls(cfg), n_roots=4, budget=Budget(4 * 6), max_turns=4, predictor=predictor)
+    world = make_world(seed=11)
+    pool = world.pool(8)
+    launches = []
+
+    def rollout(tree, launch):
+        launches.append(launch)
+        return world.rollout(tree, launch)
+
+    drive(pl, pool, rollout)
+    if not cls.selects_roots:
+        assert list(pl.ctx.trees) == [t.uid for t in pool[:4]]
+    below_root = [x for x in launches if x.anchor != ROOT]
+    if cls.grows_trees:
+        assert cls.estimator in ("trace", "tree_grpo", "grpo")
+        if name == "tree_random":  # branches whenever a prefix exists
+            assert below_root
+    else:
+        assert not below_root and cls.estimator == "trace"  # on chains, trace is exactly GRPO

@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from verl_trace.allocation import ALLOCATORS as REGISTRY
 from verl_trace.allocation import Budget, build_allocator, new_planner
 from verl_trace.config import AllocatorConfig, BudgetConfig, TraceConfig
 from verl_trace.predictor import OraclePredictor, build_predictor
 
 from .env import Environment, PromptSet
 from .executor import SlotExecutor
-from .metrics import ESTIMATOR, step_metrics
+from .metrics import step_metrics
 from .quality import evaluate_predictors
 from .regime import Regime
 
-ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
+ALLOCATORS = tuple(REGISTRY)  # every allocator, the oracle included (its order seeds the environments)
 STEP_FIELDS = (
     "effective_sample_ratio",
     "mixed_root_ratio",
@@ -86,7 +87,7 @@ def run_allocator(regime: Regime, seed: int, name: str, settings: Settings, eval
     cfg = make_config(name, regime, settings, seed)
     allocator = build_allocator(cfg)
     predictor = None
-    if name == "oracle":
+    if allocator.simulator_only:
         predictor = build_predictor(cfg.predictor, oracle=True)
     elif allocator.needs_predictor:
         predictor = build_predictor(cfg.predictor)
@@ -101,7 +102,7 @@ def run_allocator(regime: Regime, seed: int, name: str, settings: Settings, eval
         )
         res = executor.run(planner, pool)
         trees = list(res.trees.values())
-        m = step_metrics(trees, ESTIMATOR[name], cfg.advantage)
+        m = step_metrics(trees, allocator.estimator, cfg.advantage)
         update_s = 0.0
         if predictor is not None:
             t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
         leaves = [s["leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
         budget = [s["budget_leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
         res: dict[str, Any] = {
-            "estimator": ESTIMATOR[a],
+            "estimator": REGISTRY[a].estimator,
             "leaves": leaves[0] if len(set(leaves)) == 1 else statistics.fmean(leaves),
             "budget_leaves": budget[0],
             "leaves_equal_budget": leaves == budget,

@@ -24,14 +24,25 @@ ALLOCATORS: dict[str, type[Allocator]] = {
         OracleAllocator,
     )
 }
+"""The registry of allocators, by ``trace.allocator`` name (the order is the benchmarks' order). What an
+allocator can do is on its class (``Allocator``'s capability attributes). ``config.AllocatorName``
+lists the same names for the config schema, which sits below this layer; a test keeps the two equal."""
+
+
+def allocator_class(name: str) -> type[Allocator]:
+    try:
+        return ALLOCATORS[name]
+    except KeyError:
+        raise ValueError(f"trace.allocator: unknown allocator {name!r}; choose one of {list(ALLOCATORS)}") from None
+
+
+def root_selecting_allocators() -> list[str]:
+    """The allocators for which a candidate pool larger than the batch pays (error messages)."""
+    return [name for name, cls in ALLOCATORS.items() if cls.selects_roots and not cls.simulator_only]
 
 
 def build_allocator(cfg: TraceConfig) -> Allocator:
-    try:
-        cls = ALLOCATORS[cfg.allocator]
-    except KeyError:
-        raise ValueError(f"trace.allocator: unknown allocator {cfg.allocator!r}; choose one of {sorted(ALLOCATORS)}") from None
-    return cls(cfg)
+    return allocator_class(cfg.allocator)(cfg)
 
 
 def new_planner(
@@ -73,7 +84,9 @@ __all__ = [
     "Launch",
     "PlanContext",
     "TreePlanner",
+    "allocator_class",
     "build_allocator",
     "even_split",
     "new_planner",
+    "root_selecting_allocators",
 ]

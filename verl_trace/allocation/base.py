@@ -17,7 +17,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -124,8 +124,16 @@ def even_split(total: int, parts: int) -> list[int]:
 
 
 class Allocator(ABC):
-    name: str = "allocator"
-    needs_predictor: bool = False
+    """One allocation rule. Its capabilities are class attributes, so the rest of the system (config
+    checks, trainer, rollout worker, simulator, demo) asks the class in ``allocation.ALLOCATORS``
+    rather than keeping its own list of names."""
+
+    name: ClassVar[str] = "allocator"
+    needs_predictor: ClassVar[bool] = False  # queries the shared predictor (the trainer starts its actor)
+    selects_roots: ClassVar[bool] = False  # chooses its roots from the candidate pool (pool_factor > 1 pays)
+    grows_trees: ClassVar[bool] = False  # branches below the root: only a tree estimator uses what it grows
+    estimator: ClassVar[str] = "trace"  # the advantage estimator it is paired with in comparisons
+    simulator_only: ClassVar[bool] = False  # reads the true success probability, which only the simulator has
 
     def __init__(self, cfg: TraceConfig):
         self.cfg = cfg

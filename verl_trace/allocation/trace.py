@@ -184,6 +184,8 @@ class _TreePlan:
 class TraceAllocator(Allocator):
     name = "trace"
     needs_predictor = True
+    selects_roots = True
+    grows_trees = True
 
     def __init__(self, cfg, kappa_max: float | None = None):
         super().__init__(cfg)
@@ -328,6 +330,7 @@ class OracleAllocator(TraceAllocator):
     """The TRACE rule with the true success probability (simulator only): the upper bound."""
 
     name = "oracle"
+    simulator_only = True
 
     def __init__(self, cfg):
         super().__init__(cfg, kappa_max=1e6)

@@ -65,12 +65,15 @@ class LeafBatch:
 
 
 def compute_advantages(batch: LeafBatch, estimator: str, adv_cfg: AdvantageConfig) -> torch.Tensor:
-    """(B, R) advantages from verl's registered estimator ``estimator`` (``trace`` or ``tree_grpo``)."""
+    """(B, R) advantages from verl's registered estimator ``estimator`` (``trace`` or ``tree_grpo``),
+    or ``grpo``: GRPO over all leaves of a tree as one flat group (ARPO's), which is the ``trace``
+    estimator without the tree metadata (docs/algorithm.md §5), failed leaves still left out."""
     register()
-    fn = core_algos.get_adv_estimator_fn(estimator)
+    tree = estimator != "grpo"
+    fn = core_algos.get_adv_estimator_fn(estimator if tree else "trace")
     adv, _ = fn(token_level_rewards=batch.token_level_rewards, response_mask=batch.response_mask, index=batch.index,
-                config=None, tree_paths=batch.tree_paths, turn_spans=batch.turn_spans, leaf_status=batch.leaf_status,
-                trace_config=adv_cfg)
+                config=None, tree_paths=batch.tree_paths if tree else None,
+                turn_spans=batch.turn_spans if tree else None, leaf_status=batch.leaf_status, trace_config=adv_cfg)
     return adv
 
 

@@ -39,7 +39,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, _agent_loop
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.utils import tensordict_utils as tu
 
-from ..allocation import ALLOCATORS
+from ..allocation import allocator_class
 from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
 from ..predictor.service import RemotePredictor, get_predictor_actor
@@ -81,7 +81,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         self.keep_failed_leaves = self.config.algorithm.adv_estimator in TREE_ESTIMATORS
         self.predictor_handle = None
         self.featurizer = None
-        if ALLOCATORS[self.trace_config.allocator].needs_predictor:
+        if allocator_class(self.trace_config.allocator).needs_predictor:
             self.predictor_handle = get_predictor_actor()
             self.featurizer = build_featurizer(self.trace_config.predictor, self.trace_config.max_turns)
         self.reward_fn = self._reward_loop_score if reward_loop_worker_handles else self._local_reward_fn()

@@ -14,6 +14,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..allocation import allocator_class, root_selecting_allocators
 from ..config import TraceConfig, TraceConfigError, load_trace_config
 from ..protocol import TREE_ESTIMATORS
 
@@ -21,9 +22,6 @@ logger = logging.getLogger(__name__)
 
 TRACE_MANAGER = "verl_trace.rollout.worker.TraceAgentLoopManager"
 TRACE_AGENT_LOOP = "trace_agent"
-TREE_ALLOCATORS = ("tree_random", "entropy", "trace")  # grow trees below the root
-ROOT_SELECTING_ALLOCATORS = ("prompt", "trace")  # choose roots from a candidate pool
-PREDICTOR_ALLOCATORS = ("prompt", "trace")  # need the shared predictor actor
 
 
 def uses_trace_rollout(config: DictConfig) -> bool:
@@ -58,9 +56,12 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
             "trainer.use_v1: TRACE targets verl's V1 trainer (the default); the deprecated legacy trainer "
             "needs exactly rollout.n rows per prompt in a fixed order and is not supported"
         )
-    if trace.allocator == "oracle":
-        errors.append("trace.allocator: 'oracle' reads the true success probability, which only the simulator has")
-    if trace.allocator in TREE_ALLOCATORS and estimator not in TREE_ESTIMATORS:
+    allocator = allocator_class(trace.allocator)
+    if allocator.simulator_only:
+        errors.append(
+            f"trace.allocator: {trace.allocator!r} reads the true success probability, which only the simulator has"
+        )
+    if allocator.grows_trees and estimator not in TREE_ESTIMATORS:
         errors.append(
             f"algorithm.adv_estimator: {estimator!r} ignores the tree that trace.allocator={trace.allocator!r} "
             f"builds; use one of {list(TREE_ESTIMATORS)}"
@@ -90,10 +91,10 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
                 f"actor_rollout_ref.rollout.agent.default_agent_loop: the TRACE rollout branches at turn "
                 f"boundaries with the {TRACE_AGENT_LOOP!r} agent loop, got {loop!r}"
             )
-    if trace.allocation.pool_factor > 1.0 and trace.allocator not in ROOT_SELECTING_ALLOCATORS:
+    if trace.allocation.pool_factor > 1.0 and not allocator.selects_roots:
         errors.append(
             f"trace.allocation.pool_factor: {trace.allocation.pool_factor} > 1 only helps allocators that select "
-            f"roots from the pool ({list(ROOT_SELECTING_ALLOCATORS)}); {trace.allocator!r} takes the first prompts "
+            f"roots from the pool ({root_selecting_allocators()}); {trace.allocator!r} takes the first prompts "
             "and would discard the rest"
         )
 

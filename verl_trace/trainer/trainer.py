@@ -24,11 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ..allocation import allocator_class
 from ..config import TraceConfig, load_trace_config
 from ..metrics import merge_step_metrics
 from ..predictor.service import create_predictor_actor, load_predictor, save_predictor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY
-from .config_check import PREDICTOR_ALLOCATORS, TREE_ESTIMATORS, pool_size, uses_trace_rollout
+from .config_check import TREE_ESTIMATORS, pool_size, uses_trace_rollout
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class TraceTrainerMixin:
             self.trace_config, config.data.train_batch_size, config.data.get("gen_batch_size", None)
         )
         self.predictor = None
-        if self.trace_rollout and self.trace_config.allocator in PREDICTOR_ALLOCATORS:
+        if self.trace_rollout and allocator_class(self.trace_config.allocator).needs_predictor:
             # Before any worker exists: rollout workers look it up by name.
             self.predictor = create_predictor_actor(self.trace_config)
 
