@@ -3,7 +3,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_trace.allocation import ALLOCATORS, Budget, Launch, build_allocator, new_planner
+from verl_trace.allocation import (
+    ALLOCATORS,
+    Budget,
+    Launch,
+    build_allocator,
+    leaves_per_prompt,
+    new_planner,
+    pool_size,
+    step_budget,
+)
 from verl_trace.allocation.drive import drive
 from verl_trace.allocation.trace import beta_moment, mixed_probability
 from verl_trace.config import TraceConfig
@@ -164,6 +173,29 @@ def test_budget_validation():
         Budget(0)
     with pytest.raises(ValueError, match="max_leaf_tokens"):
         Budget(4, tokens=100)
+
+
+def test_step_budget_applies_the_leaves_per_prompt_default_once():
+    default, set_ = TraceConfig(), TraceConfig(budget={"leaves_per_prompt": 6, "tokens": 900})
+    assert leaves_per_prompt(default, 8) == 8 and leaves_per_prompt(set_, 8) == 6 and leaves_per_prompt(default, None) is None
+    assert step_budget(default, n_roots=4, rollout_n=8) == Budget(32)
+    assert step_budget(set_, n_roots=4, rollout_n=8, response_length=64) == Budget(24, tokens=900, max_leaf_tokens=64)
+    with pytest.raises(ValueError, match="trace.budget.leaves_per_prompt"):
+        step_budget(default, n_roots=4)
+    with pytest.raises(ValueError, match="max_leaf_tokens"):  # a token cap needs the worst case per leaf
+        step_budget(set_, n_roots=4)
+
+
+def test_pool_size_rounds_up_once_to_whole_fetches():
+    assert pool_size(1.0, 512) == 512 and pool_size(2.0, 64) == 128
+    assert pool_size(1.5, 7) == 11  # 10.5 prompts round up (the simulator used to round down)
+    assert pool_size(1.1, 10) == 11  # 11.000000000000002 in floating point: not 12
+    assert pool_size(1.5, 512, fetch=512) == 1024  # 768 prompts, rounded up to whole dataloader batches
+    assert pool_size(1.5, 512, fetch=64) == 768
+    assert pool_size(1.5, 8, fetch=1) == 12
+    assert pool_size(1.0, 512, fetch=1000) == 1000  # a fetch larger than the batch: one whole fetch
+    with pytest.raises(ValueError, match="fetch"):
+        pool_size(1.0, 4, fetch=0)
 
 
 def test_trace_needs_a_predictor():

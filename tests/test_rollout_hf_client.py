@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from verl_trace.allocation import step_budget
 from verl_trace.config import TraceConfig
-from verl_trace.rollout import (
-    ENTROPY_KEY,
-    HFLLMClient,
-    ScriptedPolicyClient,
-    TreePrompt,
-    TreeRolloutRunner,
-    build_planner,
-    step_budget,
-)
+from verl_trace.rollout import ENTROPY_KEY, HFLLMClient, TreePrompt, TreeRolloutRunner, build_planner
 from verl_trace.rollout.agent_loop import TraceToolAgentLoop
+from verl_trace.testing.scripted import ScriptedPolicyClient
 
 SP = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 

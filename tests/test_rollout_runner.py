@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from verl_trace.advantage import compute_trace_advantage, tree_turn_advantages
-from verl_trace.allocation import ALLOCATORS
+from verl_trace.allocation import ALLOCATORS, step_budget
 from verl_trace.config import AdvantageConfig, TraceConfig
 from verl_trace.predictor import OraclePredictor, build_featurizer, build_predictor
-from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner, step_budget
+from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner
 from verl_trace.testing.scripted import ScriptedPolicyClient
 from verl_trace.tree import ROOT, LeafStatus
 

@@ -9,7 +9,7 @@ from ..config import TraceConfig
 from ..predictor.base import Predictor
 from .base import Allocator, Featurize, Launch, PlanContext, even_split
 from .baselines import EntropyAllocator, PromptAllocator, TreeRandomAllocator, UniformAllocator
-from .budget import Budget, BudgetLedger
+from .budget import Budget, BudgetLedger, leaves_per_prompt, pool_size, step_budget, worker_budget
 from .planner import Issued, TreePlanner
 from .trace import OracleAllocator, TraceAllocator
 
@@ -87,6 +87,10 @@ __all__ = [
     "allocator_class",
     "build_allocator",
     "even_split",
+    "leaves_per_prompt",
     "new_planner",
+    "pool_size",
     "root_selecting_allocators",
+    "step_budget",
+    "worker_budget",
 ]

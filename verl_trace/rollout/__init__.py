@@ -24,7 +24,7 @@ from .agent_loop import (
 from .engine import ENTROPY_KEY, EngineError, vllm_max_tokens
 from .hf_client import HFLLMClient
 from .reward import RewardFn, compute_score_reward
-from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner, step_budget
+from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner
 
 __all__ = [
     "AGENT_NAME",
@@ -43,6 +43,5 @@ __all__ = [
     "TurnRecord",
     "build_planner",
     "compute_score_reward",
-    "step_budget",
     "vllm_max_tokens",
 ]

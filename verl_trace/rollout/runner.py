@@ -110,14 +110,6 @@ def build_planner(
     )  # fmt: skip
 
 
-def step_budget(cfg: TraceConfig, *, n_roots: int, rollout_n: int, response_length: int) -> Budget:
-    """The step's budget: ``leaves_per_prompt`` (default ``rollout.n``, GRPO's cost) per root,
-    plus ``budget.tokens`` reserved at the worst case of ``response_length`` per leaf."""
-    per_prompt = cfg.budget.leaves_per_prompt or rollout_n
-    tokens = cfg.budget.tokens
-    return Budget(leaves=n_roots * per_prompt, tokens=tokens, max_leaf_tokens=response_length if tokens else None)
-
-
 @dataclass
 class _Run:
     """One agent-loop run, finished or failed."""

@@ -39,7 +39,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, _agent_loop
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.utils import tensordict_utils as tu
 
-from ..allocation import allocator_class
+from ..allocation import allocator_class, worker_budget
 from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
 from ..predictor.service import RemotePredictor, get_predictor_actor
@@ -48,7 +48,7 @@ from ..tree import LeafStatus
 from .agent_loop import TraceToolAgentLoop
 from .reward import RewardFn, compute_score_reward
 from .runner import LeafOutput, StepResult, TreeRolloutRunner, build_planner
-from .submission import Submission, split_roots, worker_budget
+from .submission import Submission, split_roots
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,10 @@ process of the job (trainer, rollout workers) reads the same complete ``trace:``
 from __future__ import annotations
 
 import logging
-import math
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..allocation import allocator_class, root_selecting_allocators
+from ..allocation import allocator_class, leaves_per_prompt, root_selecting_allocators
 from ..config import TraceConfig, TraceConfigError, load_trace_config
 from ..protocol import TREE_ESTIMATORS
 
@@ -27,14 +26,6 @@ TRACE_AGENT_LOOP = "trace_agent"
 def uses_trace_rollout(config: DictConfig) -> bool:
     """Whether the job's rollout is TRACE's agent-loop manager."""
     return OmegaConf.select(config, "actor_rollout_ref.rollout.agent.agent_loop_manager_class") == TRACE_MANAGER
-
-
-def pool_size(trace: TraceConfig, train_batch_size: int, gen_batch_size: int | None) -> int:
-    """Prompts submitted per step: ``pool_factor * train_batch_size`` rounded up to whole
-    dataloader fetches (``data.gen_batch_size``)."""
-    chunk = gen_batch_size or train_batch_size
-    want = math.ceil(trace.allocation.pool_factor * train_batch_size)
-    return max(train_batch_size, math.ceil(want / chunk) * chunk)
 
 
 def prepare_trace_config(config: DictConfig) -> TraceConfig:
@@ -112,7 +103,7 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
             f"{assistant_turns}, where the agent loop stops; turns past it never exist"
         )
     n = sel("actor_rollout_ref.rollout.n")
-    leaves = trace.budget.leaves_per_prompt if trace.budget.leaves_per_prompt is not None else n
+    leaves = leaves_per_prompt(trace, n)
     if leaves is None or leaves < trace.budget.min_leaves_per_root:
         errors.append(
             f"trace.budget.leaves_per_prompt: {leaves} (defaults to actor_rollout_ref.rollout.n) is smaller than "
