@@ -15,6 +15,7 @@ from verl_trace.advantage import compute_trace_advantage, tree_turn_advantages
 from verl_trace.allocation import ALLOCATORS, step_budget
 from verl_trace.config import AdvantageConfig, TraceConfig
 from verl_trace.predictor import OraclePredictor, build_featurizer, build_predictor
+from verl_trace.protocol import TRACE_FIELD
 from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner
 from verl_trace.testing.scripted import ScriptedPolicyClient
 from verl_trace.tree import ROOT, LeafStatus
@@ -62,7 +63,7 @@ def assert_leaves_consistent(result, response_length):
     budget = result.planner.ctx.ledger.budget.leaves
     assert len(result.leaves) == budget == sum(len(t.leaves()) for t in result.trees.values())
     for leaf in result.leaves:
-        out, trace = leaf.output, leaf.output.extra_fields["trace"]
+        out, trace = leaf.output, leaf.output.extra_fields[TRACE_FIELD]
         assert set(trace) == {"tree_uid", "path", "spans", "status"}
         tree = result.trees[trace["tree_uid"]]
         traj = tree.render(leaf.leaf_id, max_response_len=response_length)
@@ -93,7 +94,7 @@ def assert_advantages_match_trees(result):
     for i, o in enumerate(rows):
         mask[i, : len(o.response_mask)] = torch.tensor(o.response_mask, dtype=torch.float32)
         rewards[i, max(0, len(o.response_ids) - 1)] = o.reward_score
-    meta = [o.extra_fields["trace"] for o in rows]
+    meta = [o.extra_fields[TRACE_FIELD] for o in rows]
     adv, _ = compute_trace_advantage(
         rewards, mask, index=np.array([m["tree_uid"] for m in meta], dtype=object),
         tree_paths=[m["path"] for m in meta], turn_spans=[m["spans"] for m in meta],
@@ -148,7 +149,7 @@ def test_continuations_share_the_prefix_nodes_and_the_advantage_contract(rollout
     assert branched, "tree_random should branch below the root"
     tree = next(t for t in result.trees.values() if any(len(n.children) >= 2 for n in t.nodes[1:]))
     node = next(n for n in tree.nodes[1:] if len(n.children) >= 2)
-    below = [leaf for leaf in result.leaves if leaf.uid == tree.uid and node.node_id in leaf.output.extra_fields["trace"]["path"]]
+    below = [leaf for leaf in result.leaves if leaf.uid == tree.uid and node.node_id in leaf.output.extra_fields[TRACE_FIELD]["path"]]
     k = tree.prefix_response_len(node.node_id)
     assert len(below) >= 2 and len({tuple(b.output.response_ids[:k]) for b in below}) == 1
     adv = assert_advantages_match_trees(result)
@@ -285,7 +286,7 @@ def test_faults_complete_the_tree_within_budget(rollout_kit, tokenizer, fault):
         assert failed[0].error == kind and failed[0].output.reward_score == 0.0
         assert result.trees[failed[0].uid][failed[0].leaf_id].meta["error"] == kind
         if fault == "engine_error":  # it failed in a continuation: the leaf hangs below a turn
-            assert len(failed[0].output.extra_fields["trace"]["path"]) >= 3
+            assert len(failed[0].output.extra_fields[TRACE_FIELD]["path"]) >= 3
     else:
         kind = {"tool_raises": "tool_exception", "tool_times_out": "tool_timeout", "malformed_tool_call": "malformed_tool_call"}[fault]
         assert m[f"trace/tool_errors/{kind}"] > 0 and not failed

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_trace.protocol import METRICS_PARTITION, ROOTS_KEY
+from verl_trace.protocol import METRICS_PARTITION, ROOTS_KEY, TRACE_FIELD
 from verl_trace.testing import arithmetic
 from verl_trace.tree import LeafStatus, RolloutTree
 
@@ -159,7 +159,7 @@ def run_step(job, global_steps: int):
     for worker in job.manager.agent_loop_workers:
         trees.update(worker_trees(worker))
     rows = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["extra_fields", "responses"])
-    meta = {k: ef["trace"] for k, ef in zip(batch.keys, rows["extra_fields"])}
+    meta = {k: ef[TRACE_FIELD] for k, ef in zip(batch.keys, rows["extra_fields"])}
     responses = dict(zip(batch.keys, (r.tolist() for r in rows["responses"].unbind())))
     metrics = pop_rollout_metrics()
     padded = upsample_batch_to_divisible_size(batch, 16, job.tokenizer.eos_token_id)

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import TraceConfig
 from ..predictor.base import Predictor
-from .base import Allocator, Featurize, Launch, PlanContext, even_split
+from .base import Allocator, Featurize, Launch, PlanContext, StepState, even_split
 from .baselines import EntropyAllocator, PromptAllocator, TreeRandomAllocator, UniformAllocator
 from .budget import Budget, BudgetLedger, leaves_per_prompt, pool_size, step_budget, worker_budget
 from .planner import Issued, TreePlanner
@@ -83,6 +83,7 @@ __all__ = [
     "Issued",
     "Launch",
     "PlanContext",
+    "StepState",
     "TreePlanner",
     "allocator_class",
     "build_allocator",

@@ -17,7 +17,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -39,6 +39,17 @@ class Launch:
 
 
 @dataclass
+class StepState:
+    """What an allocator carries from one decision to the next within a step (new every step)."""
+
+    # (tree uid, node id) -> (p, std): a node's prediction cannot change within a step (its features
+    # are fixed and the predictor learns between steps), so each is made once per step
+    predictions: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    # leaves released by trees whose best continuation gains little, for trees that gain more (trace)
+    release_pool: int = 0
+
+
+@dataclass
 class PlanContext:
     """What an allocator may read during one step."""
 
@@ -53,7 +64,7 @@ class PlanContext:
     rounds_done: dict[str, int] = field(default_factory=dict)
     in_flight: dict[str, list[int]] = field(default_factory=dict)  # uid -> anchors of leaves in flight
     quota: dict[str, int] = field(default_factory=dict)  # uid -> leaves the allocator reserved for it
-    state: dict[str, Any] = field(default_factory=dict)  # allocator scratch space for this step
+    state: StepState = field(default_factory=StepState)
 
     @property
     def threshold(self) -> float:
