@@ -122,3 +122,29 @@ def test_layers_one_to_four_load_no_verl_machinery():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_trainer_path_needs_no_extra():
+    """What ``pip install verl-trace`` (no extras) must run, the verl trainer path, loads none of
+    the extras' packages; a missing extra fails naming the pip line (verl_trace.extras)."""
+    import tomllib
+
+    from verl_trace.extras import EXTRAS, require_extra
+
+    # fastapi, uvicorn (verl-core), aiohttp (ray[default]) and rich (verl imports it) come with verl anyway
+    optional = sorted({m for mods in EXTRAS.values() for m in mods} - {"fastapi", "uvicorn", "aiohttp", "rich"})
+    code = (
+        "import sys\n"
+        "import verl_trace.plugin, verl_trace.main_trace, verl_trace.trainer.trainer, verl_trace.rollout.worker\n"
+        f"print(sorted(m for m in {optional!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+    declared = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(EXTRAS) <= set(declared)
+    try:
+        require_extra("search", "the probe", modules=("no_such_module_for_verl_trace",))
+    except ImportError as e:
+        assert "pip install 'verl-trace[search]'" in str(e) and "no_such_module_for_verl_trace" in str(e)
+    else:
+        raise AssertionError("require_extra did not raise")
