@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from verl_trace.allocation import Budget
+from verl_trace.allocation import Budget, worker_budget
 from verl_trace.config import TraceConfig
 from verl_trace.predictor import build_featurizer, build_predictor
-from verl_trace.rollout.arithmetic import task_row
 from verl_trace.rollout.runner import TreePrompt, build_planner
-from verl_trace.rollout.submission import Submission, choose_roots, pool_seed, prompt_key, worker_budget
+from verl_trace.rollout.submission import Submission, choose_roots, pool_seed, prompt_key
+from verl_trace.testing.arithmetic import task_row
 
 
 def _pool(n: int) -> list[TreePrompt]:

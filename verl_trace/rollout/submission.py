@@ -25,7 +25,7 @@ from ..allocation import Budget
 from ..config import TraceConfig
 from ..predictor import AnchorFeaturizer, Predictor
 from ..tree import RolloutTree
-from .runner import TreePrompt, build_planner, step_budget
+from .runner import TreePrompt, build_planner
 
 # verl's per-prompt overrides of rollout.n and sampling (REMAX); the tree budget decides instead.
 VERL_PROMPT_OVERRIDES = ("__rollout_n__", "__do_sample__")
@@ -72,17 +72,6 @@ def pool_seed(base: int, global_steps: int, uids: Iterable[str]) -> list[int]:
     """A planner's RNG seed: the job's ``trace.seed``, the step and the pool's uids."""
     digest = hashlib.blake2b("|".join(sorted(uids)).encode(), digest_size=4).digest()
     return [base, global_steps, int.from_bytes(digest, "little")]
-
-
-def worker_budget(
-    cfg: TraceConfig, *, n_roots: int, step_roots: int, rollout_n: int, response_length: int
-) -> Budget:
-    """A worker's budget for its ``n_roots`` of the step's ``step_roots`` roots: ``step_budget``'s
-    leaves per root, and its proportional share of ``trace.budget.tokens`` (a per-step cap)."""
-    budget = step_budget(cfg, n_roots=n_roots, rollout_n=rollout_n, response_length=response_length)
-    if budget.tokens is None or n_roots == step_roots:
-        return budget
-    return Budget(budget.leaves, max(1, budget.tokens * n_roots // step_roots), budget.max_leaf_tokens)
 
 
 def prompt_key(row: dict[str, Any]) -> str:
