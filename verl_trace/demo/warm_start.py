@@ -70,7 +70,9 @@ def prepare(settings: DemoSettings, path: Path, retrieve_url: str, progress: Dem
         progress.update("supervised", info=f"loss {loss:.3f}")
 
     t_sft = time.perf_counter()
-    losses = train_sft(model, demos, settings.sft, tokenizer.pad_token_id, seed=settings.seed, on_step=on_step)
+    name_ids = model_io.name_token_ids(tokenizer, model_io.entity_names(corpus_texts(MINI_DIR)))
+    losses = train_sft(model, demos, settings.sft, tokenizer.pad_token_id, name_ids=name_ids, seed=settings.seed,
+                       on_step=on_step)
     model_io.save(tokenizer, model, path)
     info = {
         "fingerprint": fingerprint(settings),
