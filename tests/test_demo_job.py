@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,22 +56,39 @@ def _processes_of(out: Path) -> list[psutil.Process]:
     return found
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C for a demo the test gave up on (it stops its trainer and server), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     out = (tmp_path_factory.mktemp("demo") / "run").resolve()
     proc = _demo(out, "--steps", "1000")
-    deadline = time.monotonic() + 600
-    while not (out / "checkpoints" / "latest_checkpointed_iteration.txt").is_file():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint after 600 s"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    first_log = proc.communicate(timeout=120)[0]
+    try:
+        deadline = time.monotonic() + 900
+        while not (out / "checkpoints" / "latest_checkpointed_iteration.txt").is_file():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint after 900 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        first_log = proc.communicate(timeout=180)[0]
+    finally:
+        _stop(proc)
     first = {"returncode": proc.returncode, "log": first_log, "report": json.loads((out / "report.json").read_text()),
              "alive": _processes_of(out)}
     done = first["report"]["steps"]
     proc = _demo(out, "--resume", "--steps", str(done + 2))
-    log = proc.communicate(timeout=900)[0]
+    try:
+        log = proc.communicate(timeout=1200)[0]
+    finally:
+        _stop(proc)
     assert proc.returncode == 0, log
     return {"out": out, "first": first, "log": log, "report": json.loads((out / "report.json").read_text())}
 

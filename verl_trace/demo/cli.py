@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from ..tools.retrieval_server.process import RetrievalServerProcess
 from . import report as report_io
 from . import trainer, warm_start
+from .demonstrations import search_tool_yaml
 from .progress import DemoProgress
 from .settings import ALLOCATORS, DemoSettings, first_difference, make_settings
 from .world import MINI_DIR, Question, load_split
@@ -155,7 +156,8 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
             progress.log(f"retrieval server: {server.url} (BM25 over {MINI_DIR / 'corpus.jsonl'})")
         warm = warm_start.prepare(settings, warm_dir or out / "warm_start", retrieve_url, progress)
         warm_info = warm.info
-        assets = trainer.write_inputs(out / "assets", settings, load_split("train"), held_out)
+        assets = trainer.write_inputs(out / "assets", [q.row for q in load_split("train")], [q.row for q in held_out],
+                                      search_tool_yaml(settings.task.topk))
         done = len([r for r in trainer.read_metrics(out) if r["step"] >= 1]) if has_checkpoint else 0
         progress.log(f"RL: python -m {report_io.TRAINER} (verl's trainer on CPU: FSDP2 actor, hf rollout server, "
                      f"TRACE rollout and estimator; log {out / 'main_trace.log'})"

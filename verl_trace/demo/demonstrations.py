@@ -71,6 +71,13 @@ def search_tool_config(retrieve_url: str, topk: int) -> dict:
     return {"type": "native", "retrieval_service_url": retrieve_url, "topk": topk, "timeout": 30, "max_retries": 2}
 
 
+def search_tool_yaml(topk: int) -> dict:
+    """verl's tool YAML of the same tool for the RL job's rollout workers (the server's URL comes
+    from ``$RETRIEVAL_URL`` in the job's environment)."""
+    return {"tools": [{"class_name": f"{SearchTool.__module__}.{SearchTool.__name__}",
+                       "config": search_tool_config("${oc.env:RETRIEVAL_URL}", topk), "tool_schema": SEARCH_SCHEMA}]}
+
+
 def make_search_tool(retrieve_url: str, topk: int):
     """The real verl ``SearchTool`` pointed at the server (BaseTool prints its schema: silenced)."""
     from verl.tools.schemas import OpenAIFunctionToolSchema

@@ -39,9 +39,8 @@ import yaml
 from ..config import TraceConfig
 from ..cpu.job import TrainerRun, read_step_metrics, run_main_trace
 from ..cpu.prepare import Assets
-from .demonstrations import SEARCH_SCHEMA, search_tool_config
 from .settings import DemoSettings
-from .world import Question, prepare_data
+from .world import prepare_data
 
 # verl's validation metric that is the held-out accuracy: the mean exact match (``em``, from the
 # qa_em reward's extra info) of one greedy chain per question of the data source "mini".
@@ -49,17 +48,16 @@ ACCURACY_KEY = "val-aux/mini/em/mean@1"
 METHOD = {"trace": "trace", "tree_grpo": "tree_grpo"}  # estimator -> the recipe's method=; else grpo
 
 
-def write_inputs(root: Path, settings: DemoSettings, train: Sequence[Question], held_out: Sequence[Question]) -> Assets:
-    """The job's data (verl parquet rows, as ``prepare_data.py --template bare`` writes them) and
-    tool config in ``root``; the model comes from the warm start (an override)."""
+def write_inputs(root: Path, train: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]],
+                 tool_config: dict[str, Any]) -> Assets:
+    """The job's inputs in ``root``: train and held-out rows (verl's parquet layout, as the
+    recipe's ``prepare_data.py`` writes them) and verl's tool YAML. The model comes from the warm
+    start (an override). Nothing here is specific to the search task."""
     assets = Assets(Path(root).resolve())
     write = prepare_data().write_parquet
-    write([q.row for q in train], assets.train_file)
-    write([q.row for q in held_out], assets.val_file)
-    config = search_tool_config("${oc.env:RETRIEVAL_URL}", settings.task.topk)
-    tools = {"tools": [{"class_name": "verl_trace.tools.search_tool.SearchTool", "config": config,
-                        "tool_schema": SEARCH_SCHEMA}]}
-    assets.tool_config.write_text(yaml.safe_dump(tools, sort_keys=False))
+    write(list(train), assets.train_file)
+    write(list(held_out), assets.val_file)
+    assets.tool_config.write_text(yaml.safe_dump(tool_config, sort_keys=False))
     return assets
 
 
