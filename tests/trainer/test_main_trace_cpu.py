@@ -6,7 +6,7 @@ Five real runs, each a ``main_trace`` child process with its own private Ray clu
 PID if it overstays; a normal exit shuts its cluster down), each serving several assertions:
 
 * ``trace``, 3 steps on 2 rollout workers, saving every step with ``max_actor_ckpt_to_keep=2`` and a
-  ``default_hdfs_dir``; ``grpo`` and ``tree_grpo``, 3 steps: exit 0, finite ``actor/grad_norm`` > 0,
+  ``default_hdfs_dir``, validating after the last step through verl's validation path; ``grpo`` and ``tree_grpo``, 3 steps: exit 0, finite ``actor/grad_norm`` > 0,
   multi-turn trees with branch points (tree methods), ``training/rollout_probs_diff_max`` below
   ``SYNC_BOUND`` (the rollout serves the weights the actor just trained);
 * the no-sync control (``engine_kwargs.hf.sync_weights=false``): its ``rollout_probs_diff_max``
@@ -56,7 +56,8 @@ def cpu_job(tmp_path_factory):
 def trace_run(cpu_job, tmp_path_factory):
     hdfs = tmp_path_factory.mktemp("hdfs")
     run = cpu_job("trace", "trace", "trainer.save_freq=1", "trainer.max_actor_ckpt_to_keep=2",
-                  f"trainer.default_hdfs_dir={hdfs}", "actor_rollout_ref.rollout.agent.num_workers=2")
+                  f"trainer.default_hdfs_dir={hdfs}", "actor_rollout_ref.rollout.agent.num_workers=2",
+                  "trainer.test_freq=3")
     run.hdfs = hdfs
     return run
 
@@ -101,6 +102,8 @@ def test_trace_trains(trace_run):
         assert r["trace/pool/prompts"] == 4 and r["trace/pool/roots"] == 2  # chosen from the whole pool of 4
         assert r["predictor/updates_total"] >= r["step"]
         assert "trace/adv/mixed_tree_ratio" in r and "trace/informative_comparisons" in r
+    # verl's validation (test_freq=3) through the TRACE manager: plain greedy chains on the held-out split
+    assert any(k.startswith("val-core/") for k in rows[-1]), sorted(k for k in rows[-1] if k.startswith("val"))
 
 
 def test_trace_checkpoints_follow_verls_settings(trace_run):
