@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-SYNC_BOUND = 1e-4  # max |rollout - actor| token probability; measured ~1e-6 with sync, ~1e-3 without
+SYNC_BOUND = 1e-4  # max |rollout - actor| token probability; measured ~1e-6 with sync, ~0.3 without
 RUN_TIMEOUT = 600.0
 COMMON = ["trainer.total_training_steps=3", "trainer.save_freq=-1"]
 
