@@ -174,19 +174,25 @@ def test_task_recipes_compose_and_pass_verl_validation(task_composed, repo_root,
     assert rest("trace") == rest("grpo") == rest("tree_grpo")
 
 
-@pytest.mark.parametrize("recipe", list(TASK_RECIPES))
-def test_task_recipes_compose_in_main_trace_with_the_trace_estimator(repo_root, recipe):
-    """The command as a user types it in the repository (a relative --config-path)."""
-    config_dir = repo_root / "recipes" / recipe / "config"
-    out = subprocess.run(
-        [sys.executable, "-m", "verl_trace.main_trace", "--config-path", f"recipes/{recipe}/config",
-         "--config-name", "qwen3_8b", "--cfg", "job"],
-        cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)}, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    printed = yaml.safe_load(out.stdout)
-    assert printed["algorithm"]["adv_estimator"] == "trace" and printed["trace"]["allocator"] == "trace"
-    assert printed == OmegaConf.to_container(compose_config("qwen3_8b", config_dir, []))
+def test_task_recipes_compose_in_main_trace_with_the_trace_estimator(repo_root):
+    """The command as a user types it in the repository (a relative --config-path); both recipes at
+    once (two processes side by side: each spends most of its time importing verl)."""
+    procs = {
+        recipe: subprocess.Popen(
+            [sys.executable, "-m", "verl_trace.main_trace", "--config-path", f"recipes/{recipe}/config",
+             "--config-name", "qwen3_8b", "--cfg", "job"],
+            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for recipe in TASK_RECIPES
+    }
+    for recipe, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        printed = yaml.safe_load(stdout)
+        assert printed["algorithm"]["adv_estimator"] == "trace" and printed["trace"]["allocator"] == "trace"
+        config_dir = repo_root / "recipes" / recipe / "config"
+        assert printed == OmegaConf.to_container(compose_config("qwen3_8b", config_dir, []))
 
 
 def test_relative_config_paths_resolve_against_the_current_directory(repo_root, monkeypatch):
