@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by `make venv` (pip install --no-deps)")
 
-from verl_trace.rollout import ScriptedPolicyClient, TraceToolAgentLoop  # noqa: E402
+from verl_trace.rollout import TraceToolAgentLoop  # noqa: E402
 from verl_trace.tasks import get_task  # noqa: E402
+from verl_trace.testing.scripted import ScriptedPolicyClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SP = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}

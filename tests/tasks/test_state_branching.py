@@ -19,11 +19,12 @@ import pytest
 pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by `make venv` (pip install --no-deps)")
 
 from verl_trace.rewards.bfcl import compute_score  # noqa: E402
-from verl_trace.rollout import ScriptedPolicyClient, TraceToolAgentLoop  # noqa: E402
+from verl_trace.rollout import TraceToolAgentLoop  # noqa: E402
 from verl_trace.rollout.agent_loop import PENDING_USER_TURNS  # noqa: E402
 from verl_trace.rollout.tool_state import TOOL_STATE_ATTR  # noqa: E402
 from verl_trace.tasks import loop_kwargs  # noqa: E402
 from verl_trace.tasks.bfcl import BfclTeacher, call_text, entry, row  # noqa: E402
+from verl_trace.testing.scripted import ScriptedPolicyClient  # noqa: E402
 from verl_trace.tools.bfcl import ENV_KEY, BfclFunctionTool  # noqa: E402
 from verl_trace.tree import LeafStatus  # noqa: E402
 

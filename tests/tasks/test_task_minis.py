@@ -11,17 +11,12 @@ import asyncio
 import numpy as np
 import pytest
 
+from verl_trace.allocation import step_budget
 from verl_trace.config import TraceConfig
 from verl_trace.demo.render import turn_label
-from verl_trace.rollout import (
-    ScriptedPolicyClient,
-    TreePrompt,
-    TreeRolloutRunner,
-    build_planner,
-    compute_score_reward,
-    step_budget,
-)
+from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner, compute_score_reward
 from verl_trace.tasks import get_task, loop_kwargs
+from verl_trace.testing.scripted import ScriptedPolicyClient
 
 SP = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 N_ROOTS, LEAVES = 3, 4

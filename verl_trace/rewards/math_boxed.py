@@ -19,7 +19,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from math_verify import parse, verify
+from ..extras import require_extra
+
+require_extra("math", "the math reward (verl_trace.rewards.math_boxed)", ("math_verify",))
 
 BOXED = "\\boxed"
 
@@ -41,6 +43,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def is_equivalent(pred: str, gold: str) -> bool:
+    from math_verify import parse, verify
+
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
     pred_parsed = parse(f"${pred}$", parsing_timeout=timeout)

@@ -29,7 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
+from ..extras import require_extra
 from .sandbox import SandboxLimits, run_python
+
+require_extra("math", "the Python tool's sandbox (verl_trace.tools.python_tool)", ("pyseccomp", "py_landlock"))
 
 DEFAULT_SCHEMA = {
     "type": "function",
