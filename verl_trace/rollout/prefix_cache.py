@@ -30,6 +30,7 @@ VLLM_COUNTERS: dict[str, tuple[str, str]] = {
     # new KV computed in prefill, cached tokens excluded, and the number of requests prefilled
     "prefill_computed_tokens": ("vllm:request_prefill_kv_computed_tokens", "_sum"),
     "requests": ("vllm:request_prefill_kv_computed_tokens", "_count"),
+    "prefill_seconds": ("vllm:request_prefill_time_seconds", "_sum"),
 }
 
 
