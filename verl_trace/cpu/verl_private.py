@@ -3,7 +3,7 @@
 verl 0.9.1 has no API for adding a worker-side rollout class: ``get_rollout_class`` reads the
 module-level dict ``verl.workers.rollout.base._ROLLOUT_REGISTRY`` (keys ``(name, mode)``, values
 dotted class paths). This is why ``pyproject.toml`` pins ``verl==0.9.1``: a verl release that
-renames the dict breaks ``rollout.name=hf`` (``tests/test_cpu_platform.py`` notices).
+renames the dict breaks ``rollout.name=hf`` (``tests/trainer/test_cpu_platform.py`` notices).
 """
 
 from __future__ import annotations

@@ -68,6 +68,13 @@ class TreePrompt:
         if "raw_prompt" not in self.row:
             raise ValueError(f"prompt {self.uid}: row needs a 'raw_prompt' (list of chat messages)")
 
+    def root_tree(self) -> RolloutTree:
+        """A tree holding only this prompt as its root (the text is the messages' contents: what
+        featurizers read; tokens come with the first turn)."""
+        msgs = self.row["raw_prompt"]
+        text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
+        return RolloutTree(self.uid, (), text, key=self.key)
+
 
 @dataclass
 class LeafOutput:
@@ -267,9 +274,7 @@ class TreeRolloutRunner:
         return launches
 
     def _new_tree(self, prompt: TreePrompt) -> RolloutTree:
-        msgs = prompt.row["raw_prompt"]
-        text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
-        tree = RolloutTree(prompt.uid, (), text, key=prompt.key)
+        tree = prompt.root_tree()
         if self.on_node is not None:
             self.on_node(tree, ROOT)
         return tree
