@@ -109,6 +109,7 @@ def verl_config(settings, model_dir: Path, setup: EngineSetup):
         f"{rollout}.tensor_model_parallel_size=1", f"{rollout}.max_model_len={task.prompt_length + task.response_length}",
         f"{rollout}.max_num_batched_tokens=4096", f"{rollout}.enforce_eager=True", f"{rollout}.dtype=float32",
         f"{rollout}.enable_prefix_caching=True", f"{rollout}.disable_log_stats=False",
+        f"{rollout}.load_format=auto",  # verl's default, dummy, expects a weight sync from a trainer
         f"++{rollout}.enable_sleep_mode=False", f"{rollout}.free_cache_engine=False",
         f"++{rollout}.engine_kwargs.vllm.block_size={setup.block_size}",
         f"++{rollout}.engine_kwargs.vllm.worker_extension_cls={EXTENSION}",

@@ -14,10 +14,13 @@ tokenized prompt long enough to fill several KV blocks. Then, twice, the engine 
   that layers straddle buckets) to the extension's ``update_weights_from_ipc``, as verl's rollout
   does (needs verl's ``cpu`` platform: ``VERL_PLATFORM=cpu``).
 
-After each update the continuation is scored twice: before and after ``reset_prefix_cache`` (what
-verl's rollout calls after every update), so the JSON shows what a stale prefix cache costs. A
-last update leaves out the embedding re-pack (a negative control: the tied ``lm_head`` keeps the
-old weights). Prints and writes JSON; exits non-zero if a fresh error exceeds ``--tol``.
+The first update sends every tensor (``lm_head.weight`` included, as verl's FSDP actor does for a
+tied model), the second leaves the tied ``lm_head.weight`` out. After each update the continuation
+is scored twice: before and after ``reset_prefix_cache`` (what verl's rollout calls after every
+update), so the JSON shows what a stale prefix cache costs. A last update leaves out both
+``lm_head.weight`` and the embedding re-pack (a negative control: the tied ``lm_head`` keeps
+computing from the old packed weights). Prints and writes JSON; exits non-zero if a fresh error
+exceeds ``--tol``.
 """
 
 from __future__ import annotations
@@ -52,14 +55,18 @@ def build_model(out: Path) -> Path:
 
 
 def perturbed(state: dict[str, torch.Tensor], seed: int, scale: float = 0.2) -> dict[str, torch.Tensor]:
+    """New weights near ``state``; a tied ``lm_head.weight`` stays equal to the embedding."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: (v + scale * v.abs().mean().clamp_min(1e-3) * torch.randn(v.shape, generator=gen)).contiguous()
-            for k, v in state.items()}
+    out = {k: (v + scale * v.abs().mean().clamp_min(1e-3) * torch.randn(v.shape, generator=gen)).contiguous()
+           for k, v in state.items()}
+    if "lm_head.weight" in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out
 
 
 @torch.no_grad()
 def hf_logprobs(hf, state, prompt: list[int], generated: list[int]) -> torch.Tensor:
-    hf.load_state_dict(state, strict=False)
+    hf.load_state_dict({k: v for k, v in state.items() if k != "lm_head.weight"}, strict=False)
     hf.tie_weights()
     logits = hf(torch.tensor([prompt + generated])).logits[0].float()
     lp = torch.log_softmax(logits, -1)
@@ -123,14 +130,17 @@ def update_direct(llm, state: dict[str, torch.Tensor], chunks: int, refresh: boo
     llm.collective_rpc(run, args=(items, chunks, refresh))
 
 
-def update_verl(llm, state: dict[str, torch.Tensor], bucket_mb: float) -> None:
+def update_verl(llm, state: dict[str, torch.Tensor]) -> None:
+    """verl's sender in a thread, the extension's receiver in the engine (this thread). The bucket
+    holds exactly the largest tensor, so the smaller ones straddle buckets (a shared-memory bucket
+    must fit every tensor: verl asserts it)."""
     import asyncio
 
     from verl.workers.rollout.vllm_rollout.bucketed_weight_transfer import BucketedWeightSender
 
     handle = f"ipc:///tmp/rl-colocate-zmq-{os.environ['VERL_RAY_JOB_ID']}-replica-0-rank-0.sock"
-    sender = BucketedWeightSender(zmq_handle=handle, bucket_size_mb=bucket_mb, use_shm=True)
-    sender.bucket_size = int(bucket_mb * (1 << 20))  # allow buckets below 1 MB: tiny layers must straddle them
+    sender = BucketedWeightSender(zmq_handle=handle, bucket_size_mb=1, use_shm=True)
+    sender.bucket_size = max(t.nbytes for t in state.values())
     errors: list[BaseException] = []
 
     def send():
@@ -163,7 +173,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vllm-weight-sync-") as tmp:
         model_dir = build_model(Path(tmp) / "model")
         hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
-        state0 = {k: v.detach().clone() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+        state0 = {k: v.detach().clone() for k, v in hf.state_dict().items()}  # lm_head.weight too, as verl's actor sends it
         llm = LLM(model=str(model_dir), dtype="float32", enforce_eager=True, max_model_len=1024, seed=0,
                   enable_prefix_caching=True, disable_log_stats=False, worker_extension_cls=EXTENSION)
         block = llm.llm_engine.vllm_config.cache_config.block_size
@@ -176,23 +186,27 @@ def main() -> int:
         result: dict = {"transport": args.transport, "block_size": block, "prompt_tokens": len(prompt), "updates": []}
         err, info = error(state0)
         result["initial"] = {"max_abs_logprob_diff": err, **info}
-        for i, seed in enumerate((11, 12)):
-            state = perturbed(state0, seed)
+        # update 1 sends every tensor, lm_head.weight included (what verl's FSDP actor sends for a
+        # tied model); update 2 leaves the tied lm_head.weight out (what a sender that drops tied
+        # duplicates sends): only the embedding re-pack then refreshes the lm_head
+        for i, (seed, drop) in enumerate(((11, ()), (12, ("lm_head.weight",)))):
+            state = {k: v for k, v in perturbed(state0, seed).items() if k not in drop}
             t_up = time.perf_counter()
             if args.transport == "direct":
                 update_direct(llm, state, chunks=3 + i)
             else:
-                update_verl(llm, state, bucket_mb=0.05)
+                update_verl(llm, state)
             seconds = time.perf_counter() - t_up
             stale, stale_info = error(state)
             llm.reset_prefix_cache()
             fresh, fresh_info = error(state)
-            result["updates"].append({"seconds": seconds, "stale_cache_max_abs_logprob_diff": stale,
-                                      "stale_cache": stale_info, "max_abs_logprob_diff": fresh, "fresh": fresh_info})
-        state = perturbed(state0, 13)
+            result["updates"].append({"sent": len(state), "left_out": list(drop), "seconds": seconds,
+                                      "stale_cache_max_abs_logprob_diff": stale, "stale_cache": stale_info,
+                                      "max_abs_logprob_diff": fresh, "fresh": fresh_info})
+        state = {k: v for k, v in perturbed(state0, 13).items() if k != "lm_head.weight"}
         update_direct(llm, state, chunks=2, refresh=False)
         llm.reset_prefix_cache()
-        result["control_no_embedding_repack"] = {"max_abs_logprob_diff": error(state)[0]}
+        result["control_no_embedding_repack"] = {"left_out": ["lm_head.weight"], "max_abs_logprob_diff": error(state)[0]}
     result["seconds"] = time.perf_counter() - t0
     worst = max([result["initial"]["max_abs_logprob_diff"]] + [u["max_abs_logprob_diff"] for u in result["updates"]])
     result["ok"] = worst <= args.tol
