@@ -243,54 +243,101 @@ def step_row(per_replica: dict[str, dict[str, float]], ledger, result, seconds: 
     }
 
 
+def _sum(rows: list[dict[str, Any]], key: str, idx) -> float:
+    return float(sum(rows[i]["ledger"][key[7:]] if key.startswith("ledger.") else rows[i][key] for i in idx))
+
+
+def hit_rate(rows, idx) -> float:
+    return _sum(rows, "prefix_cache_hits", idx) / max(_sum(rows, "prefix_cache_queries", idx), 1.0)
+
+
+def prefill_per_leaf(rows, idx) -> float:
+    return _sum(rows, "prefill_tokens_computed", idx) / max(_sum(rows, "leaves", idx), 1.0)
+
+
+def fraction(rows, idx, key: str) -> float:
+    return _sum(rows, f"ledger.{key}", idx) / max(_sum(rows, "ledger.prompt_tokens", idx), 1.0)
+
+
+def paired_ci(stat, n_steps: int, seed: int = 0, reps: int = 2000) -> list[float]:
+    """95% percentile bootstrap interval of ``stat(step_indices)`` over the measured steps. Every
+    allocator and setup saw the same questions at step k, so one resampled index set serves all
+    of them (paired)."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n_steps, n_steps)) for _ in range(reps)]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over the measured steps (ratios of sums), the median step time, and every step."""
+    """Totals over the measured steps (ratios of sums, with paired-bootstrap 95% intervals over
+    steps), the median step time, and every step."""
     if not rows:
         return {}
-    total = {k: sum(r[k] for r in rows) for k in ("leaves", "requests", "prompt_tokens", "prefix_cache_queries",
-                                                   "prefix_cache_hits", "prefill_tokens_computed", "generation_tokens",
-                                                   "prefill_seconds")}
-    ledger_prompt = sum(r["ledger"]["prompt_tokens"] for r in rows)
-    shared = sum(r["ledger"]["shared_tokens"] for r in rows) / max(ledger_prompt, 1)
-    cacheable = sum(r["ledger"]["cacheable_tokens"] for r in rows) / max(ledger_prompt, 1)
-    hit_rate = total["prefix_cache_hits"] / max(total["prefix_cache_queries"], 1.0)
+    every = range(len(rows))
+    total = {k: _sum(rows, k, every) for k in ("leaves", "requests", "prompt_tokens", "prefix_cache_queries",
+                                               "prefix_cache_hits", "prefill_tokens_computed", "generation_tokens",
+                                               "prefill_seconds")}
+    shared, cacheable = fraction(rows, every, "shared_tokens"), fraction(rows, every, "cacheable_tokens")
+    rate = hit_rate(rows, every)
     times = [r["step_seconds"] for r in rows]
+    n = len(rows)
     return {
         **total,
-        "prefix_cache_hit_rate": hit_rate,
+        "prefix_cache_hit_rate": rate,
         "shared_prefix_fraction": shared,
         "cacheable_prefix_fraction": cacheable,
-        "hit_rate_over_shared": hit_rate / shared if shared else None,
-        "hit_rate_over_cacheable": hit_rate / cacheable if cacheable else None,
-        "prefill_tokens_computed_per_leaf": total["prefill_tokens_computed"] / max(total["leaves"], 1),
-        "prompt_tokens_per_leaf": total["prompt_tokens"] / max(total["leaves"], 1),
-        "ledger_prompt_tokens": ledger_prompt,
+        "hit_rate_over_shared": rate / shared if shared else None,
+        "hit_rate_over_cacheable": rate / cacheable if cacheable else None,
+        "prefill_tokens_computed_per_leaf": prefill_per_leaf(rows, every),
+        "prompt_tokens_per_leaf": total["prompt_tokens"] / max(total["leaves"], 1.0),
+        "ledger_prompt_tokens": _sum(rows, "ledger.prompt_tokens", every),
+        "ci95": {
+            "prefix_cache_hit_rate": paired_ci(lambda i: hit_rate(rows, i), n),
+            "hit_rate_over_shared": paired_ci(lambda i: hit_rate(rows, i) / fraction(rows, i, "shared_tokens"), n),
+            "prefill_tokens_computed_per_leaf": paired_ci(lambda i: prefill_per_leaf(rows, i), n),
+        },
         "step_seconds": {"median": statistics.median(times), "min": min(times), "max": max(times)},
         "steps": rows,
     }
 
 
 def goals(runs: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:
-    """The issue's targets, each with the measured value and whether it was met."""
+    """The issue's targets: each with the measured value, its paired-bootstrap 95% interval over
+    steps, and whether the value meets the target."""
     one = runs[main]["allocators"]
+    steps = {name: {a: r["steps"] for a, r in run["allocators"].items()} for name, run in runs.items()}
+    rows1 = steps[main]
+    n = len(rows1["trace"])
     out: dict[str, Any] = {}
-    trace, uniform = one["trace"], one["uniform"]
+    trace = one["trace"]
     out["trace_hit_rate_over_shared_prefix_fraction"] = {
-        "target": ">= 0.9", "value": trace["hit_rate_over_shared"], "met": trace["hit_rate_over_shared"] >= 0.9,
-        "over_cacheable_prefix_fraction": trace["hit_rate_over_cacheable"]}
-    ratio = trace["prefill_tokens_computed_per_leaf"] / uniform["prefill_tokens_computed_per_leaf"]
-    out["trace_prefill_per_leaf_over_uniform"] = {"target": "<= 0.5", "value": ratio, "met": ratio <= 0.5}
-    two = {name: run for name, run in runs.items() if run["setup"]["replicas"] == 2}
-    sticky = next((r for r in two.values() if r["setup"]["routing"] == "sticky"), None)
-    spread = next((r for r in two.values() if r["setup"]["routing"] == "random"), None)
-    if sticky is not None:
-        rel = {a: abs(sticky["allocators"][a]["prefix_cache_hit_rate"] - one[a]["prefix_cache_hit_rate"])
-               / one[a]["prefix_cache_hit_rate"] for a in one}
-        out["two_replicas_sticky_hit_rate_relative_gap"] = {"target": "<= 0.1", "value": rel,
-                                                            "met": all(v <= 0.1 for v in rel.values())}
-    if spread is not None:
-        out["two_replicas_random_hit_rate_loss"] = {
-            a: one[a]["prefix_cache_hit_rate"] - spread["allocators"][a]["prefix_cache_hit_rate"] for a in one}
+        "target": ">= 0.9", "value": trace["hit_rate_over_shared"], "ci95": trace["ci95"]["hit_rate_over_shared"],
+        "met": trace["hit_rate_over_shared"] >= 0.9, "over_cacheable_prefix_fraction": trace["hit_rate_over_cacheable"]}
+
+    def prefill_ratio(i):
+        return prefill_per_leaf(rows1["trace"], i) / prefill_per_leaf(rows1["uniform"], i)
+
+    ratio = prefill_ratio(range(n))
+    out["trace_prefill_per_leaf_over_uniform"] = {"target": "<= 0.5", "value": ratio, "ci95": paired_ci(prefill_ratio, n),
+                                                  "met": ratio <= 0.5}
+    by_routing = {run["setup"]["routing"]: name for name, run in runs.items() if run["setup"]["replicas"] == 2}
+    if "sticky" in by_routing:
+        rows2 = steps[by_routing["sticky"]]
+        gap = {}
+        for a in one:
+            def rel(i, a=a):
+                return abs(hit_rate(rows2[a], i) - hit_rate(rows1[a], i)) / hit_rate(rows1[a], i)
+            gap[a] = {"value": rel(range(n)), "ci95": paired_ci(rel, n)}
+        out["two_replicas_sticky_hit_rate_relative_gap"] = {"target": "<= 0.1", "value": gap,
+                                                            "met": all(g["value"] <= 0.1 for g in gap.values())}
+    if "random" in by_routing:
+        rows2 = steps[by_routing["random"]]
+        loss = {}
+        for a in one:
+            def drop(i, a=a):
+                return hit_rate(rows1[a], i) - hit_rate(rows2[a], i)
+            loss[a] = {"value": drop(range(n)), "ci95": paired_ci(drop, n)}
+        out["two_replicas_random_hit_rate_loss"] = loss
     return out
 
 
@@ -337,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     ap.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "prefix_reuse", help="warm start, logs")
-    ap.add_argument("--steps", type=int, default=3, help="measured steps per allocator (after one warm-up step)")
-    ap.add_argument("--prompts", type=int, default=8, help="questions (tree roots) per step")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per allocator (after one warm-up step)")
+    ap.add_argument("--prompts", type=int, default=16, help="questions (tree roots) per step")
     ap.add_argument("--leaves-per-prompt", type=int, default=8, help="leaf budget per question")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-concurrency", type=int, default=64, help="agent-loop runs in flight")
