@@ -120,6 +120,24 @@ def verl_config(settings, model_dir: Path, setup: EngineSetup):
     ])  # fmt: skip
 
 
+def start_ray(gpus: int, engine_logs: bool, log, attempts: int = 3) -> None:
+    """A fresh local cluster per setup (its own temp dir; only what it started is shut down). Ray
+    gives its raylet a fixed 30 s to register, which an overloaded shared machine can miss: retry."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=8, num_gpus=gpus, include_dashboard=False, log_to_driver=engine_logs,
+                     _temp_dir=f"/tmp/pr-ray-{os.getpid()}")
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+            log(f"Ray did not start ({exc}); retrying ({attempt}/{attempts})")
+            time.sleep(10)
+
+
 def random_routing_balancer():
     """verl's balancer with a fresh random id per call: no sticky session, least-loaded replica."""
     from verl.workers.rollout.router import GlobalRequestLoadBalancer
@@ -158,9 +176,7 @@ async def run_setup(setup: EngineSetup, settings, model_dir: Path, retrieve_url:
 
     config = verl_config(settings, model_dir, setup)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # a fresh local cluster per setup (its own temp dir; only what it started is shut down)
-    ray.init(num_cpus=8, num_gpus=setup.replicas, include_dashboard=False, log_to_driver=args.engine_logs,
-             _temp_dir=f"/tmp/pr-ray-{os.getpid()}")
+    start_ray(setup.replicas, args.engine_logs, log)
     t0 = time.perf_counter()
     manager = await LLMServerManager.create(
         config=config, load_balancer_cls=random_routing_balancer() if setup.routing == "random" else None)
