@@ -128,11 +128,13 @@ def summarize(per_seed: Sequence[dict], workers: Sequence[int]) -> dict:
         rows = [r for s in per_seed for r in s["workers"][str(w)]]
         seed_means = {k: [statistics.fmean(r[k] for r in s["workers"][str(w)]) for s in per_seed]
                       for k in ("per_worker_overlap", "value_single", "value_per_worker")}
+        seed_means["value_gap"] = [a - b for a, b in zip(seed_means["value_single"], seed_means["value_per_worker"])]
         out[str(w)] = {
             "steps": len(rows),
             "global_equals_single": sum(r["global_equals_single"] for r in rows) / len(rows),
             "first_chains_equal": sum(r["first_chains_equal"] for r in rows) / len(rows),
             **{f"{k}_median": statistics.median(v) for k, v in seed_means.items()},
+            **{f"{k}_range": [min(v), max(v)] for k, v in seed_means.items()},
             **{f"{k}_seeds": v for k, v in seed_means.items()},
         }
     out["value_random_median"] = statistics.median(statistics.fmean(s["value_random"]) for s in per_seed)

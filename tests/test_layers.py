@@ -30,6 +30,7 @@ LAYERS = {
     "verl_trace.__main__": 6,  # python -m verl_trace doctor
     "verl_trace.tools": 7,
     "verl_trace.rewards": 7,
+    "verl_trace.tasks": 7,  # task objects: tools config, reward, data, scripted teacher (bfcl, math)
     "verl_trace.testing": 7,  # scripted policy, arithmetic toy task, tiny model: tests and the demo
     "verl_trace.demo": 8,
     "verl_trace.cpu.prepare": 8,  # the CPU run's assets: the demo's world, model and warm start

@@ -13,6 +13,9 @@ worker through the job's ``runtime_env``, so it also reaches workers of an exist
 
 from __future__ import annotations
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import run_ppo
@@ -51,5 +54,24 @@ def main(config) -> None:
     run_ppo(config, task_runner_class=TraceTaskRunnerActor)
 
 
+def absolute_config_path(argv: list[str]) -> list[str]:
+    """Hydra resolves a relative ``--config-path`` against this module's folder; a user typing
+    ``--config-path recipes/bfcl/config`` in the repository means the folder below the current
+    directory, so such a path that exists there is made absolute (any other is left to Hydra)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        for flag in ("--config-path", "-cp"):
+            if arg == flag and i + 1 < len(out):
+                j, value, prefix = i + 1, out[i + 1], ""
+            elif arg.startswith(flag + "="):
+                j, value, prefix = i, arg.split("=", 1)[1], flag + "="
+            else:
+                continue
+            if value and not os.path.isabs(value) and os.path.isdir(value):
+                out[j] = prefix + os.path.abspath(value)
+    return out
+
+
 if __name__ == "__main__":
+    sys.argv = absolute_config_path(sys.argv)
     main()

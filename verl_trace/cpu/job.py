@@ -155,7 +155,11 @@ def _pump(proc: subprocess.Popen, log: Any, echo: bool, deadline: float | None) 
             if echo:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
-    return proc.wait()
+    try:  # output closed: the child is exiting (Ray shutting down), within what is left of the deadline
+        return proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        return -signal.SIGKILL
 
 
 def kill_tree(pid: int) -> list[int]:

@@ -106,13 +106,20 @@ def write_data(root: Path) -> None:
 
 def build_model(root: Path, retrieve_url: str, seed: int, sft_steps: int) -> dict[str, Any]:
     """The demo's warm start with the settings above, saved to ``root/model``; returns its info."""
+    import torch
+
     from ..demo.progress import DemoProgress
     from ..demo.settings import make_settings
     from ..demo.warm_start import prepare as warm_start
 
     settings = make_settings(quick=True, seed=seed, overrides={"model": MODEL, "sft": {**SFT, "steps": sft_steps}})
-    with DemoProgress(enabled=False) as progress:
-        return warm_start(settings, root / "model", retrieve_url, progress).info
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # one, as the demo: OpenMP's barriers stall on a busy small machine
+    try:
+        with DemoProgress(enabled=False) as progress:
+            return warm_start(settings, root / "model", retrieve_url, progress).info
+    finally:
+        torch.set_num_threads(threads)
 
 
 def prepare(out: str | Path, *, seed: int = 0, sft_steps: int = SFT["steps"], retrieve_url: str | None = None,

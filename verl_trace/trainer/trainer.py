@@ -36,6 +36,7 @@ from .predictor_checkpoint import PredictorFileRetention, copy_to_hdfs, max_to_k
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
 
 logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))  # as verl's trainer modules: checkpoint lines show
 
 
 def checkpoint_dir(config: DictConfig, global_steps: int) -> str:
