@@ -123,6 +123,7 @@ def test_demo_settings_become_main_trace_config(allocator, tmp_path, monkeypatch
     settings say (verl's config is the real one)."""
     from omegaconf import OmegaConf
 
+    from verl_trace.cpu.job import RECIPE_CONFIG_DIR
     from verl_trace.cpu.prepare import ASSETS_ENV, Assets
     from verl_trace.demo import trainer
     from verl_trace.trainer.config_check import prepare_trace_config
@@ -131,7 +132,7 @@ def test_demo_settings_become_main_trace_config(allocator, tmp_path, monkeypatch
     monkeypatch.setenv(ASSETS_ENV, str(tmp_path))
     s = make_settings(allocator=allocator, seed=2, overrides={"rl": {"steps": 7}, "eval": {"every": 3}})
     over = trainer.overrides(s, Assets(tmp_path), tmp_path / "model", tmp_path / "out", resume=False)
-    cfg = compose_config("cpu_tiny", trainer.RECIPE_CONFIG_DIR, [f"method={trainer.method(s)}", *over])
+    cfg = compose_config("cpu_tiny", RECIPE_CONFIG_DIR, [f"method={trainer.method(s)}", *over])
     prepare_trace_config(cfg)
     sel = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     assert sel("algorithm.adv_estimator") == s.estimator and sel("trace.allocator") == allocator

@@ -83,9 +83,11 @@ def eval_curve(rows: Sequence[dict[str, Any]], train: Sequence[dict[str, float]]
 
 
 def checkpoints(out: Path) -> dict[str, Any]:
-    """verl's checkpoint folder: the steps kept and the latest (what a resume continues from)."""
+    """verl's checkpoint folder: the steps whose model is kept (verl's retention deletes an old
+    step's ``actor/`` and leaves its ``data.pt``) and the latest (what a resume continues from)."""
     root = Path(out) / "checkpoints"
-    steps = sorted(int(m[1]) for p in root.glob("global_step_*") if (m := re.fullmatch(r"global_step_(\d+)", p.name)))
+    steps = sorted(int(m[1]) for p in root.glob("global_step_*")
+                   if (m := re.fullmatch(r"global_step_(\d+)", p.name)) and (p / "actor").is_dir())
     latest = root / "latest_checkpointed_iteration.txt"
     return {"dir": str(root), "steps": steps,
             "latest_step": int(latest.read_text().strip()) if latest.is_file() else None}
