@@ -73,11 +73,11 @@ class SFTSettings(_Strict):
 class RLSettings(_Strict):
     """The RL phase as verl's trainer runs it (``trainer.overrides`` maps each field to verl's)."""
 
-    steps: int = Field(30, ge=1)  # trainer.total_training_steps
+    steps: int = Field(20, ge=1)  # trainer.total_training_steps
     prompts_per_step: int = Field(16, ge=1)  # data.train_batch_size: tree roots per step (trace: chosen from the pool)
     leaves_per_prompt: int = Field(8, ge=2)  # rollout.n: the step's budget is prompts_per_step * this, in leaves
     temperature: float = Field(0.7, gt=0.0)  # rollout.temperature: sampling (and loss) temperature
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(5e-4, gt=0.0)  # tuned on GRPO (docs/demo.md)
     lr_warmup_steps: int = Field(3, ge=0)  # RL steps of linear warm-up (verl steps its scheduler once per step)
     weight_decay: float = Field(0.0, ge=0.0)
     clip_ratio: float = Field(0.2, gt=0.0)
