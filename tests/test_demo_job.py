@@ -168,3 +168,20 @@ def test_verls_validation_matches_the_demos_evaluator(job):
     for qid in ours:
         assert theirs[qid] == ours[qid], qid
     assert job["report"]["curves"]["eval"][0]["accuracy"] == pytest.approx(evaluate.summarize(rows)["accuracy"])
+
+
+def test_demo_learning_reads_the_runs_gain(job, tmp_path):
+    """benchmarks/demo_learning.py on the run's real report: the gain over the warm start up to a
+    step, the plot, and a run named with the wrong allocator refused."""
+    out, rep = job["out"], job["report"]
+    step = rep["curves"]["eval"][-1]["step"]
+    cmd = [sys.executable, "benchmarks/demo_learning.py", "--out", str(tmp_path / "r.json"), "--plot",
+           str(tmp_path / "r.png"), f"trace:0={out}@{step}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "r.json").read_text())["allocators"]["trace"]
+    assert res["gain_median"] == pytest.approx(rep["final_accuracy"] - rep["start_accuracy"])
+    assert res["goal_met"] is False and res["runs"][0]["eval_questions"] == 16  # one seed cannot meet it
+    assert (tmp_path / "r.png").stat().st_size > 0
+    wrong = subprocess.run([*cmd[:-1], f"uniform:0={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "allocator 'trace'" in wrong.stderr
