@@ -37,7 +37,7 @@ def test_calibration_metrics_against_definitions():
 
 
 def test_beta_predictor_discounted_updates():
-    pred = BetaPredictor(alpha0=1.0, beta0=1.0, discount=0.5)
+    pred = BetaPredictor(alpha0=1.0, beta0=1.0, discount=0.5, decay_by="visits")
     b = AnchorBatch(keys=["k", "k", "k"])
     pred.update(b, np.array([1.0, 1.0, 0.0]))
     out = pred.predict(AnchorBatch(keys=["k", "unseen"]))
@@ -191,3 +191,56 @@ def test_state_dict_is_a_snapshot_not_live_optimizer_tensors():
     b2.load_state_dict(state)
     b2.update(*_snapshot_batch(1))
     assert np.array_equal(b.predict(probe).p, b2.predict(probe).p)
+
+
+def test_beta_evidence_decays_with_elapsed_steps():
+    """Evidence from k training steps ago weighs discount**k, whether or not the key was seen since
+    (decay_by: steps); with decay_by: visits it keeps full weight until the key returns."""
+    steps, visits = BetaPredictor(discount=0.5), BetaPredictor(discount=0.5, decay_by="visits")
+    for pred in (steps, visits):
+        pred.update(AnchorBatch(keys=["k"] * 4), np.ones(4))  # step 0: 4 successes
+        for _ in range(3):  # three steps that never see "k"
+            pred.update(AnchorBatch(keys=["other"]), np.zeros(1))
+    # four updates since: 4 * 0.5**4 = 0.25 pseudo-successes left
+    assert steps.evidence(["k"])[0][0] == pytest.approx(0.25)
+    assert visits.evidence(["k"])[0][0] == pytest.approx(4.0)
+    # A new observation adds to the decayed evidence, and the state round-trips.
+    steps.update(AnchorBatch(keys=["k"]), np.zeros(1))
+    s, f = steps.evidence(["k"])
+    assert (s[0], f[0]) == (pytest.approx(0.125), pytest.approx(0.5))
+    clone = BetaPredictor()
+    clone.load_state_dict(steps.state_dict())
+    assert clone.predict(AnchorBatch(keys=["k", "other"])).p == pytest.approx(steps.predict(AnchorBatch(keys=["k", "other"])).p)
+
+
+def test_beta_step_decay_tracks_a_drifting_policy():
+    """A prompt whose success rate drifts from 0.1 to 0.9 while it is seen only every 8 steps: with
+    decay by steps the posterior follows the drift; with decay by visits it lags behind."""
+    rng = np.random.default_rng(0)
+    err = {}
+    for mode in ("steps", "visits"):
+        pred = BetaPredictor(discount=0.8, decay_by=mode)
+        errors = []
+        for step in range(160):
+            p = 0.1 + 0.8 * step / 159
+            if step % 8 == 0:
+                errors.append(abs(pred.predict(AnchorBatch(keys=["k"])).p[0] - p))
+                pred.update(AnchorBatch(keys=["k"] * 8), (rng.random(8) < p).astype(float))
+            else:
+                pred.update(AnchorBatch(keys=[f"x{step}"]), np.zeros(1))
+        err[mode] = float(np.mean(errors[5:]))
+    assert err["steps"] < 0.75 * err["visits"], err
+
+
+def test_shared_model_follows_row_weights():
+    """Rows of weight 0 never reach the buffer, and weights tilt the fit: the same features seen
+    with outcome 1 at weight 3 and outcome 0 at weight 1 are predicted near 3/4."""
+    x = np.zeros((80, 3), np.float32)
+    y = np.r_[np.ones(40), np.zeros(40)]
+    pred = EnsemblePredictor(members=2, hidden=8, steps_per_update=150, lr=0.05)
+    pred.update(AnchorBatch(keys=["k"] * 80, features=x, weight=np.r_[np.full(40, 3.0), np.ones(40)]), y)
+    pred.update(AnchorBatch(keys=["j"] * 10, features=x[:10], weight=np.zeros(10)), np.zeros(10))
+    assert pred.state_dict()["buffer_y"].shape == (80,)
+    assert pred.predict(AnchorBatch(keys=["k"], features=x[:1])).p[0] == pytest.approx(0.75, abs=0.06)
+    with pytest.raises(ValueError, match="weight"):
+        AnchorBatch(keys=["a"], weight=np.array([-1.0]))

@@ -56,7 +56,14 @@ class PredictorConfig(_Strict):
     buffer_size: int = Field(default=20_000, ge=1)
     alpha0: float = Field(default=1.0, gt=0.0)
     beta0: float = Field(default=1.0, gt=0.0)
-    discount: float = Field(default=0.9, ge=0.0, le=1.0)
+    discount: float = Field(default=0.9, ge=0.0, le=1.0)  # per-key evidence weight per elapsed step
+    # how per-key evidence ages: by training steps elapsed (default) or once per new observation
+    # of the key (MoPPS's original rule; stale when a prompt returns after many steps)
+    decay_by: Literal["steps", "visits"] = "steps"
+    # how much each (anchor, leaf outcome) row weighs in the shared model's loss: every leaf alike
+    # ("leaf"), every anchor alike ("anchor": 1/n per row), or every anchor alike counting only the
+    # leaves that were not placed because of outcomes below it ("first"); docs/algorithm.md §3
+    example_weight: Literal["leaf", "anchor", "first"] = "leaf"
     kappa_max: float = Field(default=64.0, gt=0.0)  # cap on the Beta concentration of a prediction
     seed: int = 0
 

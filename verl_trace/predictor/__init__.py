@@ -14,7 +14,7 @@ from .shared import EnsemblePredictor
 def build_predictor(cfg: PredictorConfig, oracle: bool = False) -> Predictor:
     if oracle:
         return OraclePredictor()
-    beta = BetaPredictor(alpha0=cfg.alpha0, beta0=cfg.beta0, discount=cfg.discount)
+    beta = BetaPredictor(alpha0=cfg.alpha0, beta0=cfg.beta0, discount=cfg.discount, decay_by=cfg.decay_by)
     if cfg.kind == "beta":
         return beta
     shared = EnsemblePredictor(

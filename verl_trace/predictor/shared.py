@@ -48,6 +48,7 @@ class EnsemblePredictor(Predictor):
         self._opt: torch.optim.Optimizer | None = None
         self._bx = np.zeros((0, 0), np.float32)
         self._by = np.zeros(0, np.float32)
+        self._bw = np.zeros(0, np.float32)  # row weights (AnchorBatch.weight; 1 when not given)
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
         self.updates = 0
@@ -124,20 +125,26 @@ class EnsemblePredictor(Predictor):
         metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/shared_")
         if self.dim is None:
             self._build(x.shape[1])
-        self._bx = np.concatenate([self._bx, x.astype(np.float32)])[-self.buffer_size :]
-        self._by = np.concatenate([self._by, y.astype(np.float32)])[-self.buffer_size :]
+        w = np.ones(len(y)) if anchors.weight is None else anchors.weight
+        keep = w > 0  # zero-weight rows teach the model nothing: keep them out of the buffer
+        self._bx = np.concatenate([self._bx, x[keep].astype(np.float32)])[-self.buffer_size :]
+        self._by = np.concatenate([self._by, y[keep].astype(np.float32)])[-self.buffer_size :]
+        self._bw = np.concatenate([self._bw, w[keep].astype(np.float32)])[-self.buffer_size :]
+        if not len(self._by):  # nothing to learn from yet
+            return metrics
         self._mu = self._bx.mean(0)
         self._sd = self._bx.std(0) + 1e-3
-        bx, by = self._norm(self._bx), torch.from_numpy(self._by)
+        bx, by, bw = self._norm(self._bx), torch.from_numpy(self._by), torch.from_numpy(self._bw)
         n = by.shape[0]
         loss_val = float("nan")
         for _ in range(self.steps_per_update):
             idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self._gen)
             logits = self._logits(bx[idx])
-            # Bootstrap: each member weighs the minibatch with its own Poisson(1) draws.
-            w = torch.poisson(torch.ones(self.members, idx.numel()), generator=self._gen)
+            # Bootstrap: each member weighs the minibatch with its own Poisson(1) draws, times the
+            # rows' own weights.
+            w = torch.poisson(torch.ones(self.members, idx.numel()), generator=self._gen) * bw[idx]
             target = by[idx].unsqueeze(0).expand_as(logits)
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum().clamp_min(1e-6)
             self._opt.zero_grad()
             loss.backward()
             self._opt.step()
@@ -163,6 +170,7 @@ class EnsemblePredictor(Predictor):
             "optimizer": None if self._opt is None else copy.deepcopy(self._opt.state_dict()),
             "buffer_x": self._bx.copy(),
             "buffer_y": self._by.copy(),
+            "buffer_w": self._bw.copy(),
             "mu": None if self._mu is None else self._mu.copy(),
             "sd": None if self._sd is None else self._sd.copy(),
             "rng": self._gen.get_state().clone(),
@@ -185,6 +193,7 @@ class EnsemblePredictor(Predictor):
                 self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._bx = np.asarray(state["buffer_x"], np.float32)
         self._by = np.asarray(state["buffer_y"], np.float32)
+        self._bw = np.asarray(state.get("buffer_w", np.ones(len(self._by))), np.float32)
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)
         self._sd = None if state["sd"] is None else np.asarray(state["sd"], np.float32)
         self._gen.set_state(state["rng"])
