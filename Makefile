@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,dense]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo,dense]'
 	touch $(STAMP)
 
 test: venv

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from verl_trace.allocation import pool_size
 from verl_trace.demo import cli, warm_start
 from verl_trace.demo.learner import LeafBatch, compute_advantages
 from verl_trace.demo.progress import DemoProgress
@@ -73,7 +73,7 @@ def probe_step_metrics(run: RLRun) -> dict[str, float]:
     as in training, so its AUC over probe steps shows how fast it becomes useful."""
     s = run.settings
     step = run.history.step + 1
-    pool = run.sampler.take(math.ceil(s.rl.prompts_per_step * run.trace_cfg.allocation.pool_factor))
+    pool = run.sampler.take(pool_size(run.trace_cfg.allocation.pool_factor, s.rl.prompts_per_step))
     result = run.agent.rollout(pool, run.trace_cfg, n_roots=s.rl.prompts_per_step, leaves=s.leaves_per_step,
                                temperature=s.rl.temperature, predictor=run.predictor, featurizer=run.featurizer,
                                rng=np.random.default_rng([s.seed, 10_000 + step]), uid_prefix=f"p{step}-")

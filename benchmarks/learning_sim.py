@@ -29,11 +29,11 @@ from rich.progress import Progress  # noqa: E402
 
 from benchmarks.learnsim.regimes import REGIMES, merge  # noqa: E402
 from benchmarks.learnsim.report import diagnostics, markdown, plot  # noqa: E402
-from benchmarks.learnsim.run import ESTIMATOR, RunSpec, Settings, run, trace_config  # noqa: E402
+from benchmarks.learnsim.run import ESTIMATOR, RunSpec, Settings, reference, run, trace_config  # noqa: E402
 from benchmarks.learnsim.stats import summarize  # noqa: E402
 
 ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
-QUICK = {"train": {"roots": 8, "steps": 16, "extra_steps": 8}, "task": {"train_prompts": 96, "eval_prompts": 256}}
+QUICK = {"train": {"roots": 8, "steps": 16}, "task": {"train_prompts": 96, "eval_prompts": 256}}
 
 
 def parse_value(text: str) -> Any:
@@ -73,13 +73,13 @@ def _seed_job(args: tuple[list[RunSpec], Settings, int]) -> tuple[int, dict[str,
     torch.set_num_threads(1)
     specs, settings, seed = args
     out, cpu = {}, {}
-    targets = None
-    for spec in specs:  # uniform first: in budget "tokens" every run matches its tokens per step
-        t0 = time.process_time()
-        out[spec.label] = run(spec, settings, seed, token_targets=targets if spec.label != "uniform" else None)
+    ref = None
+    for spec in specs:  # uniform first: the others run until they reach its final return (and in
+        t0 = time.process_time()  # budget "tokens" match its tokens per step)
+        out[spec.label] = run(spec, settings, seed, ref)
         cpu[spec.label] = time.process_time() - t0
-        if spec.label == "uniform" and settings.train.budget == "tokens":
-            targets = [row["tokens"] for row in out["uniform"]["steps"]]
+        if spec.label == "uniform":
+            ref = reference(out["uniform"])
     return seed, out, cpu
 
 

@@ -126,20 +126,16 @@ def bench_runner(tok, repeats: int, seed: int) -> None:
 
 
 def _runner_step(tok, cfg, tool, policy, reward, allocator, n_prompts, per_prompt, seed, stats) -> None:
+    from verl_trace.allocation import allocator_class, step_budget
     from verl_trace.config import TraceConfig
     from verl_trace.predictor import build_featurizer, build_predictor
-    from verl_trace.rollout import (
-        ScriptedPolicyClient,
-        TreePrompt,
-        TreeRolloutRunner,
-        build_planner,
-        step_budget,
-    )
+    from verl_trace.rollout import TreePrompt, TreeRolloutRunner, build_planner
+    from verl_trace.testing.scripted import ScriptedPolicyClient
 
     tc = TraceConfig(allocator=allocator)
     client = ScriptedPolicyClient(tok, policy, prompt_length=1024, response_length=512, seed=seed)
     runner = TreeRolloutRunner(cfg, client, tok, tools=[tool], reward_fn=reward, hf_model_type="qwen2")
-    predictor = build_predictor(tc.predictor) if allocator == "trace" else None
+    predictor = build_predictor(tc.predictor) if allocator_class(allocator).needs_predictor else None
     featurizer = build_featurizer(tc.predictor, 3) if predictor else None
     budget = step_budget(tc, n_roots=n_prompts, rollout_n=per_prompt, response_length=512)
     planner = build_planner(tc, n_roots=n_prompts, budget=budget, max_turns=3, predictor=predictor, featurizer=featurizer,
@@ -157,7 +153,7 @@ def main() -> None:
     ap.add_argument("--sections", default="client,snapshots,runner", help="comma-separated subset to run")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    from verl_trace.tiny import build_model, build_tokenizer
+    from verl_trace.testing.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer(CORPUS, vocab_size=512)
     model = build_model(tok, seed=args.seed)

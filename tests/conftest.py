@@ -136,7 +136,7 @@ def _fault_tools():
 def make_tool(cls, name: str = "calculator"):
     from verl.tools.schemas import OpenAIFunctionToolSchema
 
-    from verl_trace.rollout.arithmetic import tool_schema
+    from verl_trace.testing.arithmetic import tool_schema
 
     with contextlib.redirect_stdout(io.StringIO()):  # BaseTool prints its schema
         return cls(config={"type": "native"}, tool_schema=OpenAIFunctionToolSchema.model_validate(tool_schema(name)))
@@ -144,14 +144,14 @@ def make_tool(cls, name: str = "calculator"):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from verl_trace.tiny import build_tokenizer
+    from verl_trace.testing.tiny import build_tokenizer
 
     return build_tokenizer(CORPUS, vocab_size=512)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tokenizer):
-    from verl_trace.tiny import build_model
+    from verl_trace.testing.tiny import build_model
 
     return build_model(tokenizer, hidden=64, layers=2, heads=2, kv_heads=1, seed=0)
 
@@ -159,8 +159,9 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def rollout_kit(tokenizer):
     """Helpers for the rollout tests (see the module docstring); the arithmetic task itself is
-    ``verl_trace.rollout.arithmetic`` (Ray workers import it too)."""
-    from verl_trace.rollout import arithmetic, compute_score_reward
+    ``verl_trace.testing.arithmetic`` (Ray workers import it too)."""
+    from verl_trace.rollout import compute_score_reward
+    from verl_trace.testing import arithmetic
 
     broken, slow = _fault_tools()
     return SimpleNamespace(

@@ -125,8 +125,24 @@ def test_zero_cases_never_nan():
     adv, _ = compute_trace_advantage(rewards[:1], mask[:1], index=np.array(["b"], dtype=object))
     assert torch.all(adv == 0)  # a group of one has no contrast
     pad = torch.zeros(2, 4)
-    adv, _ = compute_trace_advantage(rewards[:2] * torch.tensor([[1.0], [0.0]]), pad, index=np.array(["pad1", "pad1"], dtype=object))
-    assert torch.all(adv == 0)  # padding rows (zero mask)
+    adv, _ = compute_trace_advantage(rewards[:2] * 0, pad, index=np.array(["pad1", "pad1"], dtype=object))
+    assert torch.all(adv == 0)  # verl's padding rows: a uid of their own, reward 0, zero mask
+
+
+@pytest.mark.parametrize("estimator", [compute_trace_advantage, compute_tree_grpo_advantage])
+def test_a_leaf_without_generated_tokens_still_counts(estimator):
+    """docs/algorithm.md §5: three leaves under one root, rewards 1, 0, 0, and the rewarded leaf
+    generated no tokens (all-zero mask). It still enters the values and sigma: the two 0-reward
+    leaves get (0 - 1/3) / sqrt(1/3) = -0.577 on every token; its own tokens are masked."""
+    mask = torch.ones(3, 4)
+    mask[0] = 0
+    rewards = torch.zeros(3, 4)
+    rewards[:, -1] = torch.tensor([1.0, 0.0, 0.0])
+    adv, _ = estimator(rewards, mask, index=np.array(["t"] * 3, dtype=object),
+                       tree_paths=[[0, 1], [0, 2], [0, 3]], turn_spans=[[[0, 4]]] * 3,
+                       leaf_status=["ok"] * 3, trace_config={"epsilon": 0.0})
+    expected = torch.tensor([[0.0] * 4, [-1 / math.sqrt(3)] * 4, [-1 / math.sqrt(3)] * 4])
+    torch.testing.assert_close(adv, expected)
 
 
 def test_failed_and_truncated_leaves():

@@ -3,7 +3,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_trace.allocation import ALLOCATORS, Budget, Launch, build_allocator, new_planner
+from verl_trace.allocation import (
+    ALLOCATORS,
+    Budget,
+    Launch,
+    build_allocator,
+    leaves_per_prompt,
+    new_planner,
+    pool_size,
+    step_budget,
+)
 from verl_trace.allocation.drive import drive
 from verl_trace.allocation.trace import beta_moment, mixed_probability
 from verl_trace.config import TraceConfig
@@ -166,6 +175,29 @@ def test_budget_validation():
         Budget(4, tokens=100)
 
 
+def test_step_budget_applies_the_leaves_per_prompt_default_once():
+    default, set_ = TraceConfig(), TraceConfig(budget={"leaves_per_prompt": 6, "tokens": 900})
+    assert leaves_per_prompt(default, 8) == 8 and leaves_per_prompt(set_, 8) == 6 and leaves_per_prompt(default, None) is None
+    assert step_budget(default, n_roots=4, rollout_n=8) == Budget(32)
+    assert step_budget(set_, n_roots=4, rollout_n=8, response_length=64) == Budget(24, tokens=900, max_leaf_tokens=64)
+    with pytest.raises(ValueError, match="trace.budget.leaves_per_prompt"):
+        step_budget(default, n_roots=4)
+    with pytest.raises(ValueError, match="max_leaf_tokens"):  # a token cap needs the worst case per leaf
+        step_budget(set_, n_roots=4)
+
+
+def test_pool_size_rounds_up_once_to_whole_fetches():
+    assert pool_size(1.0, 512) == 512 and pool_size(2.0, 64) == 128
+    assert pool_size(1.5, 7) == 11  # 10.5 prompts round up (the simulator used to round down)
+    assert pool_size(1.1, 10) == 11  # 11.000000000000002 in floating point: not 12
+    assert pool_size(1.5, 512, fetch=512) == 1024  # 768 prompts, rounded up to whole dataloader batches
+    assert pool_size(1.5, 512, fetch=64) == 768
+    assert pool_size(1.5, 8, fetch=1) == 12
+    assert pool_size(1.0, 512, fetch=1000) == 1000  # a fetch larger than the batch: one whole fetch
+    with pytest.raises(ValueError, match="fetch"):
+        pool_size(1.0, 4, fetch=0)
+
+
 def test_trace_needs_a_predictor():
     cfg = TraceConfig(allocator="trace")
     with pytest.raises(ValueError, match="needs a predictor"):
@@ -211,3 +243,45 @@ def test_training_batch_weights_rows_by_anchor_as_configured(make_world, mode):
             for n in t.nodes[1:]:  # a prefix counts only the leaf that created it
                 if not n.terminal:
                     assert np.count_nonzero(batch.weight[keys == n.meta["key"]]) == 1
+
+
+def test_registry_and_config_schema_name_the_same_allocators():
+    """``config.AllocatorName`` (the schema, layer 1) repeats the registry's names (layer 3) so a bad
+    name fails at load time; they must stay the same list."""
+    from typing import get_args
+
+    from verl_trace.config import AllocatorName, TraceConfigError, load_trace_config
+
+    assert list(get_args(AllocatorName)) == list(ALLOCATORS)
+    assert all(cls.name == name for name, cls in ALLOCATORS.items())
+    with pytest.raises(TraceConfigError, match="trace.allocator: Input should be 'uniform', 'prompt'"):
+        load_trace_config({"allocator": "grpo"})
+
+
+@pytest.mark.parametrize("name", list(ALLOCATORS))
+def test_capabilities_describe_what_the_allocator_does(make_world, name):
+    """What the trainer, worker and simulator read off the class is what the allocator does: one
+    without ``needs_predictor`` runs without one, one without ``selects_roots`` takes the pool's first
+    prompts, one without ``grows_trees`` launches only fresh chains at the root."""
+    cls = ALLOCATORS[name]
+    cfg = TraceConfig(allocator=name, allocation={"pool_factor": 2.0, "rounds": 2})
+    predictor = build_predictor(cfg.predictor, oracle=cls.simulator_only) if cls.needs_predictor else None
+    pl = new_planner(cfg, cls(cfg), n_roots=4, budget=Budget(4 * 6), max_turns=4, predictor=predictor)
+    world = make_world(seed=11)
+    pool = world.pool(8)
+    launches = []
+
+    def rollout(tree, launch):
+        launches.append(launch)
+        return world.rollout(tree, launch)
+
+    drive(pl, pool, rollout)
+    if not cls.selects_roots:
+        assert list(pl.ctx.trees) == [t.uid for t in pool[:4]]
+    below_root = [x for x in launches if x.anchor != ROOT]
+    if cls.grows_trees:
+        assert cls.estimator in ("trace", "tree_grpo", "grpo")
+        if name == "tree_random":  # branches whenever a prefix exists
+            assert below_root
+    else:
+        assert not below_root and cls.estimator == "trace"  # on chains, trace is exactly GRPO

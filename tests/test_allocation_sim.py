@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from verl_trace.allocation import ALLOCATORS
+
 ROOT = Path(__file__).resolve().parents[1]
-ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
 STAT_FIELDS = ("effective_sample_ratio", "mixed_root_ratio", "informative_per_1k_tokens", "generated_tokens", "makespan_vs_uniform")
 
 

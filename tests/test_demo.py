@@ -76,6 +76,29 @@ def test_settings_name_the_bad_field():
     assert s.estimator == "tree_grpo" and s.trace.seed == 3 and s.leaves_per_step == 16
 
 
+def test_entropy_trains_with_flat_grpo_over_the_tree():
+    """ARPO's pairing (``EntropyAllocator.estimator``): GRPO over all leaves of a tree as one group,
+    i.e. verl's GRPO on the same rows, whatever the tree's shape (failed leaves aside)."""
+    import numpy as np
+    import torch
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    from verl_trace.config import AdvantageConfig
+    from verl_trace.demo.learner import LeafBatch, compute_advantages
+
+    assert make_settings(allocator="entropy").estimator == "grpo"
+    mask = torch.ones(4, 3)
+    rewards = torch.zeros(4, 3)
+    rewards[:, -1] = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    batch = LeafBatch(prompts=[[1]] * 4, responses=[[1, 2, 3]] * 4, response_mask=mask, old_log_probs=torch.zeros(4, 3),
+                      token_level_rewards=rewards, index=np.array(["t"] * 4, dtype=object),
+                      tree_paths=[[0, 1, 2], [0, 1, 3], [0, 1, 4], [0, 5]],
+                      turn_spans=[[[0, 1], [1, 3]], [[0, 1], [1, 3]], [[0, 1], [1, 3]], [[0, 3]]], leaf_status=["ok"] * 4)
+    expected, _ = compute_grpo_outcome_advantage(rewards, mask, batch.index)
+    torch.testing.assert_close(compute_advantages(batch, "grpo", AdvantageConfig()), expected)
+    assert not torch.allclose(compute_advantages(batch, "trace", AdvantageConfig()), expected)  # the tree matters
+
+
 def test_checkpoint_refuses_other_settings_by_field():
     a = make_settings().model_dump()
     b = make_settings(overrides={"rl": {"lr": 1e-3}}).model_dump()

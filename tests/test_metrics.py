@@ -93,3 +93,17 @@ def test_flat_grpo_estimator_counts_every_usable_leaf_of_a_mixed_tree():
     for _ in range(3):
         same.finish(same.add_turn(ROOT, [1]), 1.0)
     assert effective_leaves(same, "grpo") == 0
+
+
+def test_advantage_cost_benchmark_runs(tmp_path):
+    """benchmarks/advantage_cost.py at a tiny size: both computations timed, on the rows it built."""
+    import json
+
+    from benchmarks.advantage_cost import main
+
+    out = tmp_path / "cost.json"
+    assert main(["--prompts", "3", "--leaves", "4", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rows"] == 12 and set(res["median_seconds"]) == {
+        "worker_effective_leaves", "worker_forest_metrics", "trainer_compute_trace_advantage"}
+    assert all(v > 0 for v in res["median_seconds"].values())

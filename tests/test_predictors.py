@@ -244,3 +244,40 @@ def test_shared_model_follows_row_weights():
     assert pred.predict(AnchorBatch(keys=["k"], features=x[:1])).p[0] == pytest.approx(0.75, abs=0.06)
     with pytest.raises(ValueError, match="weight"):
         AnchorBatch(keys=["a"], weight=np.array([-1.0]))
+
+
+def test_shared_predictor_is_finite_and_silent_for_extreme_logits():
+    """Features far outside the training range give logits of thousands: probabilities stay in
+    [0, 1] without numpy's overflow warning (an error in this suite, see pyproject.toml)."""
+    from verl_trace.predictor.shared import sigmoid
+
+    x = np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0])
+    np.testing.assert_array_equal(sigmoid(x)[[0, 2, 4]], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(sigmoid(x)[[1, 3]], [np.exp(-50.0), 1.0], rtol=1e-12)
+    pred = EnsemblePredictor(members=3, hidden=8, steps_per_update=20)
+    b, y, _ = _task(200, 0)
+    pred.update(b, y)
+    far = AnchorBatch(keys=["far-", "far+"], features=np.stack([b.features[0] * 1e6, -b.features[0] * 1e6]))
+    out = pred.predict(far)
+    assert np.all((out.p >= 0) & (out.p <= 1)) and np.all(np.isfinite(out.std))
+
+
+@pytest.mark.parametrize("kind", ["beta", "shared", "hybrid", "oracle", "service"])
+def test_update_on_an_empty_batch_is_a_no_op(kind):
+    """A step whose leaves all failed trains on nothing: every predictor returns no metrics and
+    keeps its state, before and after it has learned anything."""
+    from verl_trace.predictor.service import PredictorService
+
+    cfg = PredictorConfig(kind="hybrid" if kind in ("oracle", "service") else kind, members=2, hidden=4, steps_per_update=5)
+    pred = {"oracle": lambda: OraclePredictor(), "service": lambda: PredictorService(cfg)}.get(kind, lambda: build_predictor(cfg))()
+    empty = AnchorBatch(keys=[], features=None)
+    assert pred.update(empty, np.zeros(0)) == {}
+    if kind == "oracle":
+        return
+    b, y, _ = _task(50, 1)
+    pred.update(b, y)
+    before = pred.predict(b).p
+    assert pred.update(empty, np.zeros(0)) == {}
+    np.testing.assert_array_equal(pred.predict(b).p, before)
+    if kind == "service":
+        assert pred.updates == 1

@@ -9,7 +9,8 @@ import copy
 
 import pytest
 
-from verl_trace.rollout import AgentSnapshot, ScriptedPolicyClient, TraceToolAgentLoop
+from verl_trace.rollout import AgentSnapshot, TraceToolAgentLoop
+from verl_trace.testing.scripted import ScriptedPolicyClient
 from verl_trace.tree import LeafStatus
 
 SP = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}

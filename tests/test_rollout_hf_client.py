@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from verl_trace.allocation import step_budget
 from verl_trace.config import TraceConfig
-from verl_trace.rollout import (
-    ENTROPY_KEY,
-    HFLLMClient,
-    ScriptedPolicyClient,
-    TreePrompt,
-    TreeRolloutRunner,
-    build_planner,
-    step_budget,
-)
+from verl_trace.protocol import TRACE_FIELD
+from verl_trace.rollout import ENTROPY_KEY, HFLLMClient, TreePrompt, TreeRolloutRunner, build_planner
 from verl_trace.rollout.agent_loop import TraceToolAgentLoop
+from verl_trace.testing.scripted import ScriptedPolicyClient
 
 SP = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 
@@ -88,7 +83,7 @@ def test_seeded_requests_are_reproducible_in_any_batch_and_greedy_is_argmax(toke
 
 
 def test_weight_updates_between_steps_change_generation(tokenizer):
-    from verl_trace.tiny import build_model
+    from verl_trace.testing.tiny import build_model
 
     model = build_model(tokenizer, seed=1)
     client = HFLLMClient(model, tokenizer, prompt_length=64, response_length=12)
@@ -194,7 +189,7 @@ def test_tree_runner_on_the_real_model(rollout_kit, tokenizer, tiny_model):
     assert hf.stats.max_batch > 1  # concurrent branches were decoded together
     for leaf in result.leaves:
         out = leaf.output
-        first_end = result.trees[leaf.uid].prefix_response_len(out.extra_fields["trace"]["path"][1])
+        first_end = result.trees[leaf.uid].prefix_response_len(out.extra_fields[TRACE_FIELD]["path"][1])
         assert_model_turns_match_teacher_forcing(tiny_model, out.prompt_ids, out.response_ids, out.response_mask, out.response_logprobs, first_end)
 
 

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from verl_trace.allocation import worker_budget
 from verl_trace.config import TraceConfig
-from verl_trace.rollout.arithmetic import task_row
-from verl_trace.rollout.submission import Submission, prompt_key, split_roots, worker_budget
+from verl_trace.rollout.submission import Submission, prompt_key, split_roots
+from verl_trace.testing.arithmetic import task_row
 
 
 @given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=8), data=st.data())

@@ -191,7 +191,10 @@ def compute_trace_advantage(
     """verl estimator ``trace``: (advantages, returns), both (batch, response_len).
 
     Without tree metadata every row is its own chain below its uid's root, which reduces to GRPO
-    (groups of one or with equal rewards get zero, never NaN). Padding rows (all-zero mask) get zero.
+    (groups of one or with equal rewards get zero, never NaN). A row's mask does not decide whether
+    it is a leaf: a usable leaf without generated tokens still counts in its tree's values and
+    sigma (and gets zero on its own, masked, tokens). verl's padding rows get zero because verl
+    gives them a uid of their own, reward 0 and an all-zero mask.
     """
     adv_cfg, norm = _resolve(config, trace_config)
     scores = token_level_rewards.sum(dim=-1).detach().cpu().numpy().astype(np.float64)
@@ -199,9 +202,6 @@ def compute_trace_advantage(
     bsz, length = mask.shape
     out = np.zeros((bsz, length), dtype=np.float32)
     for rows in _rows_by_group(index, bsz).values():
-        rows = [i for i in rows if mask[i].any()]
-        if not rows:
-            continue
         recs = _records(rows, scores, tree_paths, leaf_status)
         for i, turn_adv in zip(rows, group_turn_advantages(recs, adv_cfg, norm)):
             if not turn_adv.size:
@@ -234,9 +234,7 @@ def compute_tree_grpo_advantage(
     mask = response_mask.detach().cpu().numpy()
     leaf_adv = np.zeros(mask.shape[0], dtype=np.float32)
     for rows in _rows_by_group(index, mask.shape[0]).values():
-        rows = [i for i in rows if mask[i].any()]
-        if rows:
-            leaf_adv[rows] = tree_grpo_leaf_advantages(_records(rows, scores, tree_paths, leaf_status), adv_cfg, norm)
+        leaf_adv[rows] = tree_grpo_leaf_advantages(_records(rows, scores, tree_paths, leaf_status), adv_cfg, norm)
     adv = torch.from_numpy(leaf_adv).to(token_level_rewards.device).unsqueeze(-1) * response_mask.to(torch.float32)
     return adv, adv.clone()
 

@@ -11,7 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
+AllocatorName = Literal["uniform", "prompt", "tree_random", "entropy", "trace", "oracle"]
+"""``trace.allocator``'s choices. The allocator classes and what each can do live in
+``verl_trace.allocation.ALLOCATORS`` (layer 3); this schema sits below them (the predictor and the
+allocators read it), so it names them once more to reject a bad name at load time, with the list
+of choices, without importing layer 3. ``tests/test_allocation.py`` checks the two agree."""
 
 
 class _Strict(BaseModel):
@@ -79,7 +83,7 @@ class AdvantageConfig(_Strict):
 
 
 class TraceConfig(_Strict):
-    allocator: Literal["uniform", "prompt", "tree_random", "entropy", "trace", "oracle"] = "trace"
+    allocator: AllocatorName = "trace"
     schedule: Literal["pipelined", "rounds"] = "pipelined"
     # A tree is re-planned once this share of its current round's leaves is back (1.0 = wait for all).
     ready_fraction: float = Field(default=0.75, gt=0.0, le=1.0)

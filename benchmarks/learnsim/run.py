@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from verl_trace.allocation import Budget, build_allocator, new_planner
+from verl_trace.allocation import ALLOCATORS, Budget, build_allocator, new_planner
 from verl_trace.allocation.drive import drive
 from verl_trace.config import TraceConfig
 from verl_trace.predictor import OraclePredictor, build_predictor
@@ -21,15 +21,10 @@ from .policy import SoftmaxPolicy
 from .rollout import Sampler
 from .task import Task, TaskSettings
 
-# The estimator each allocator trains with (as in the allocation simulator and the demo).
-ESTIMATOR = {
-    "uniform": "trace",  # on chains the trace estimator is exactly GRPO
-    "prompt": "trace",
-    "tree_random": "tree_grpo",
-    "entropy": "grpo",  # verl's own GRPO over all leaves of a prompt as one flat group (ARPO)
-    "trace": "trace",
-    "oracle": "trace",
-}
+# The estimator each allocator trains with, from the allocator registry: trace (on chains exactly
+# GRPO) for uniform, prompt, trace and oracle; tree_grpo for tree_random; verl's own grpo (one flat
+# group per prompt, as ARPO trains) for entropy.
+ESTIMATOR = {name: cls.estimator for name, cls in ALLOCATORS.items()}
 
 
 class _Strict(BaseModel):
@@ -43,8 +38,10 @@ class TrainSettings(_Strict):
     leaves_per_root: int = Field(default=8, ge=2)
     pool_factor: float = Field(default=2.0, ge=1.0)
     steps: int = Field(default=40, ge=1)  # the comparison's horizon: "final" return is after these steps
-    extra_steps: int = Field(default=20, ge=0)  # run on, only to see where slower runs reach the target
-    eval_every: int = Field(default=2, ge=1)
+    # Past the horizon a run goes on until it reaches uniform's final return on its seed or has
+    # spent this many times uniform's tokens (then it counts as not reached).
+    token_horizon: float = Field(default=1.5, ge=1.0)
+    eval_every: int = Field(default=2, ge=1)  # evaluations before the horizon (after it: every step)
     lr: float = Field(default=0.15, gt=0.0)  # tuned on uniform (docs/benchmarks.md)
     init_scale: float = Field(default=0.5, ge=0.0)
     init_alignment: float = Field(default=0.5, ge=-1.0, le=1.0)
@@ -123,10 +120,25 @@ def _calibration(trees, pool, selected: set[str]) -> dict[str, list[tuple[float,
     return out
 
 
-def run(spec: RunSpec, settings: Settings, seed: int, token_targets: list[int] | None = None) -> dict[str, Any]:
-    """Train for ``steps + extra_steps`` steps. ``token_targets`` (budget ``tokens``): generated tokens
-    per step to match (uniform's on this seed); the leaf budget of each step is then rescaled from
-    this run's own tokens per leaf so far."""
+@dataclass(frozen=True)
+class Reference:
+    """What a run needs from uniform's run on the same seed."""
+
+    final_return: float  # the target
+    tokens: int  # uniform's tokens over the horizon
+    step_tokens: list[int]  # uniform's tokens per step (budget "tokens" matches them)
+
+
+def reference(result: dict[str, Any]) -> Reference:
+    steps = [row["tokens"] for row in result["steps"]]
+    return Reference(result["curve"][-1][1], sum(steps), steps)
+
+
+def run(spec: RunSpec, settings: Settings, seed: int, ref: Reference | None = None) -> dict[str, Any]:
+    """Train for ``steps`` steps, then (given uniform's ``ref`` on this seed) on until the run
+    reaches uniform's final return or has spent ``token_horizon`` times uniform's tokens. In budget
+    ``tokens`` each step's leaf budget is rescaled, from this run's own tokens per leaf so far, so
+    that it generates about as many tokens as uniform did in that step."""
     torch.manual_seed(seed)
     st = settings.train
     task = Task(settings.task, seed)
@@ -144,18 +156,22 @@ def run(spec: RunSpec, settings: Settings, seed: int, token_targets: list[int] |
     stream = PoolStream(task.train, seed)
     pool_size = int(cfg.allocation.pool_factor * st.roots)
     base_leaves = st.roots * st.leaves_per_root
-    total = st.steps + st.extra_steps
+    match_tokens = ref is not None and st.budget == "tokens"
     curve: list[tuple[int, float]] = []
     steps: list[dict[str, Any]] = []
     calib: dict[str, list[tuple[float, float]]] = {}
-    tokens = leaves_so_far = tokens_so_far = 0
-    for step in range(total):
-        if step % st.eval_every == 0:
+    tokens = leaves_so_far = 0
+    step = 0
+    while True:
+        if step % st.eval_every == 0 or step > st.steps:
             curve.append((tokens, policy.expected_return(task.held_out)))
+            if step >= st.steps and (ref is None or curve[-1][1] >= ref.final_return or tokens >= st.token_horizon * ref.tokens):
+                break
         leaves = base_leaves
-        if token_targets is not None:
-            per_leaf = tokens_so_far / leaves_so_far if leaves_so_far else token_targets[step] / base_leaves
-            leaves = int(np.clip(round(token_targets[step] / per_leaf), st.roots * cfg.budget.min_leaves_per_root, 4 * base_leaves))
+        if match_tokens:
+            want = ref.step_tokens[step] if step < len(ref.step_tokens) else ref.tokens / len(ref.step_tokens)
+            per_leaf = tokens / leaves_so_far if leaves_so_far else ref.step_tokens[0] / base_leaves
+            leaves = int(np.clip(round(want / per_leaf), st.roots * cfg.budget.min_leaves_per_root, 4 * base_leaves))
         ids = stream.next(pool_size)
         pool = sampler.pool(ids, policy.probs(ids), step)
         planner = new_planner(cfg, allocator, n_roots=st.roots, budget=Budget(leaves), max_turns=task.turns,
@@ -176,7 +192,6 @@ def run(spec: RunSpec, settings: Settings, seed: int, token_targets: list[int] |
             calib.setdefault(k, []).extend(v)
         step_tokens = sum(t.generated_tokens() for t in trees)
         tokens += step_tokens
-        tokens_so_far += step_tokens
         leaves_so_far += row["leaves"]
         rewards = [leaf.reward for t in trees for leaf in t.leaves()]
         root_p = [t.root.meta["true_p"] for t in trees]
@@ -188,7 +203,7 @@ def run(spec: RunSpec, settings: Settings, seed: int, token_targets: list[int] |
             "mixed_roots": float(np.mean([0 < sum(lf.reward for lf in t.leaves()) < len(t.leaves()) for t in trees])),
         })
         steps.append(row)
-    curve.append((tokens, policy.expected_return(task.held_out)))
+        step += 1
     calibration = {}
     for k, pairs in calib.items():
         if pairs:

@@ -1,4 +1,5 @@
-"""What one step of rollouts is worth, measured with the estimator each allocator is paired with.
+"""What one step of rollouts is worth, measured with the estimator each allocator is paired with
+(``Allocator.estimator``: its effective-sample ratio is measured with what it is trained with).
 
 The quantities themselves (effective leaf, mixed root, informative comparison) have one
 definition, in ``verl_trace.metrics``; docs/benchmarks.md states them once.
@@ -11,16 +12,6 @@ from dataclasses import dataclass
 from verl_trace.config import AdvantageConfig
 from verl_trace.metrics import forest_metrics
 from verl_trace.tree import RolloutTree
-
-# The estimator each allocator is trained with: its effective-sample ratio is measured with it.
-ESTIMATOR = {
-    "uniform": "trace",  # on chains the trace estimator is exactly GRPO
-    "prompt": "trace",
-    "tree_random": "tree_grpo",  # Tree-GRPO's inter- + intra-tree z-scores
-    "entropy": "grpo",  # ARPO: GRPO over all leaves of the prompt as one flat group
-    "trace": "trace",
-    "oracle": "trace",
-}
 
 
 @dataclass

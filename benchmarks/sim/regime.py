@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from verl_trace.allocation import pool_size
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -128,7 +130,7 @@ class Regime(_Strict):
 
     @model_validator(mode="after")
     def _pool(self) -> Regime:
-        pool = int(self.run.pool_factor * self.run.batch_prompts)
+        pool = pool_size(self.run.pool_factor, self.run.batch_prompts)
         if pool > self.run.train_prompts:
             raise ValueError(
                 f"run.pool_factor * run.batch_prompts ({pool}) exceeds run.train_prompts ({self.run.train_prompts})"

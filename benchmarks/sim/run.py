@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from verl_trace.allocation import Budget, build_allocator, new_planner
+from verl_trace.allocation import ALLOCATORS as REGISTRY
+from verl_trace.allocation import build_allocator, new_planner, pool_size, step_budget
 from verl_trace.config import AllocatorConfig, BudgetConfig, TraceConfig
 from verl_trace.predictor import OraclePredictor, build_predictor
 
 from .env import Environment, PromptSet
 from .executor import SlotExecutor
-from .metrics import ESTIMATOR, step_metrics
+from .metrics import step_metrics
 from .quality import evaluate_predictors
 from .regime import Regime
 
-ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
+ALLOCATORS = tuple(REGISTRY)  # every allocator, the oracle included (its order seeds the environments)
 STEP_FIELDS = (
     "effective_sample_ratio",
     "mixed_root_ratio",
@@ -61,7 +62,7 @@ def pools(regime: Regime, prompts: PromptSet, seed: int) -> list[np.ndarray]:
     """Candidate pool of every step: the training prompts in shuffled epochs (so prompts recur),
     ``pool_factor * batch`` per step, no prompt twice in one pool. The same for every allocator."""
     rng = np.random.default_rng([seed, 5])
-    size = int(regime.run.pool_factor * regime.run.batch_prompts)
+    size = pool_size(regime.run.pool_factor, regime.run.batch_prompts)
     stream: list[int] = []
     out = []
     for _ in range(regime.run.steps):
@@ -86,22 +87,23 @@ def run_allocator(regime: Regime, seed: int, name: str, settings: Settings, eval
     cfg = make_config(name, regime, settings, seed)
     allocator = build_allocator(cfg)
     predictor = None
-    if name == "oracle":
+    if allocator.simulator_only:
         predictor = build_predictor(cfg.predictor, oracle=True)
     elif allocator.needs_predictor:
         predictor = build_predictor(cfg.predictor)
-    leaves = run.batch_prompts * run.leaves_per_prompt
+    budget = step_budget(cfg, n_roots=run.batch_prompts)
+    leaves = budget.leaves
     executor = SlotExecutor(env, max(1, round(regime.latency.slots_per_leaf * leaves)))
     steps, seen = [], set()
     for step, pool_ids in enumerate(pools(regime, prompts, seed)):
         pool = [env.root(int(i), step, f"s{step}/p{i}") for i in pool_ids]
         planner = new_planner(
-            cfg, allocator, n_roots=run.batch_prompts, budget=Budget(leaves), max_turns=regime.turns.max_turns,
+            cfg, allocator, n_roots=run.batch_prompts, budget=budget, max_turns=regime.turns.max_turns,
             predictor=predictor, rng=np.random.default_rng([seed, step, 7]),
         )
         res = executor.run(planner, pool)
         trees = list(res.trees.values())
-        m = step_metrics(trees, ESTIMATOR[name], cfg.advantage)
+        m = step_metrics(trees, allocator.estimator, cfg.advantage)
         update_s = 0.0
         if predictor is not None:
             t0 = time.perf_counter()
@@ -170,7 +172,7 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
         leaves = [s["leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
         budget = [s["budget_leaves"] for seed_res in per_seed for s in seed_res[a]["steps"]]
         res: dict[str, Any] = {
-            "estimator": ESTIMATOR[a],
+            "estimator": REGISTRY[a].estimator,
             "leaves": leaves[0] if len(set(leaves)) == 1 else statistics.fmean(leaves),
             "budget_leaves": budget[0],
             "leaves_equal_budget": leaves == budget,
@@ -218,7 +220,7 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
     training_batch + update, per step at production scale, after ``warmup`` steps of learning."""
     r = regime.model_copy(deep=True)
     r.run.batch_prompts, r.run.leaves_per_prompt = prompts_per_step, leaves_per_prompt
-    r.run.train_prompts = max(r.run.train_prompts, int(r.run.pool_factor * prompts_per_step) * 2)
+    r.run.train_prompts = max(r.run.train_prompts, pool_size(r.run.pool_factor, prompts_per_step) * 2)
     r.run.steps = warmup + repeats
     core = pin_to_one_core()
     prompts = PromptSet(r, seed)
@@ -226,12 +228,13 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
     cfg = make_config("trace", r, settings, seed)
     allocator = build_allocator(cfg)
     predictor = build_predictor(cfg.predictor)
-    leaves = prompts_per_step * leaves_per_prompt
+    budget = step_budget(cfg, n_roots=prompts_per_step)
+    leaves = budget.leaves
     executor = SlotExecutor(env, max(1, round(r.latency.slots_per_leaf * leaves)))
     rows = []
     for step, pool_ids in enumerate(pools(r, prompts, seed)):
         pool = [env.root(int(i), step, f"s{step}/p{i}") for i in pool_ids]
-        planner = new_planner(cfg, allocator, n_roots=prompts_per_step, budget=Budget(leaves),
+        planner = new_planner(cfg, allocator, n_roots=prompts_per_step, budget=budget,
                               max_turns=r.turns.max_turns, predictor=predictor, rng=np.random.default_rng(step))
         res = executor.run(planner, pool)
         w0, c0 = time.perf_counter(), time.thread_time()
@@ -258,7 +261,7 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         "prompts": prompts_per_step,
         "leaves_per_prompt": leaves_per_prompt,
         "max_turns": r.turns.max_turns,
-        "candidate_pool": int(r.run.pool_factor * prompts_per_step),
+        "candidate_pool": pool_size(r.run.pool_factor, prompts_per_step),
         "schedule": settings.schedule,
         "ready_fraction": settings.ready_fraction,
         "repeats": repeats,

@@ -27,7 +27,7 @@ from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from verl_trace.tiny import build_tokenizer
+from verl_trace.testing.tiny import build_tokenizer
 from verl_trace.tools.search_tool import close_shared_sessions
 
 pytestmark = pytest.mark.slow

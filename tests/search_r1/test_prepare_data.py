@@ -100,7 +100,7 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
 def test_verl_rlhf_dataset_reads_the_output(tmp_path, prepare, mini_corpus_rows):
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from verl_trace.tiny import build_tokenizer
+    from verl_trace.testing.tiny import build_tokenizer
 
     rows = prepare.convert([prepare.MINI_DIR / "test.jsonl"], "test", progress=False)[:8]
     prepare.write_parquet(rows, tmp_path / "test.parquet")

@@ -28,7 +28,7 @@ def recipe_config_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Qwen2 model and a locally trained tokenizer (verl's HFModelConfig loads it)."""
-    from verl_trace.tiny import build_tiny_model
+    from verl_trace.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), TINY_TEXTS, vocab_size=400, hidden=32, heads=1, kv_heads=1)
 

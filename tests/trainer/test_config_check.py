@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from verl_trace.config import TraceConfigError
-from verl_trace.trainer.config_check import TRACE_MANAGER, pool_size, prepare_trace_config
+from verl_trace.trainer.config_check import TRACE_MANAGER, prepare_trace_config
 from verl_trace.trainer.hydra_config import compose_config
 
 # A valid TRACE setup on top of main_trace's default config (trace_trainer.yaml).
@@ -81,15 +81,6 @@ def test_all_problems_are_reported_at_once():
         _check("algorithm.adv_estimator=grpo", "trainer.use_v1=false", "trace.max_turns=9")
     lines = str(err.value).splitlines()[1:]
     assert [line.split(":")[0].strip() for line in lines] == ["trainer.use_v1", "algorithm.adv_estimator", "trace.max_turns"]
-
-
-def test_pool_size_is_whole_dataloader_fetches():
-    _, trace = _check("trace.allocation.pool_factor=1.5")
-    assert pool_size(trace, 512, None) == 1024  # 768 prompts, rounded up to whole batches of 512
-    assert pool_size(trace, 512, 64) == 768
-    assert pool_size(trace, 8, 1) == 12
-    _, plain = _check()
-    assert pool_size(plain, 512, None) == 512
 
 
 def test_main_trace_stops_before_ray_starts(repo_root):

@@ -8,7 +8,7 @@ import pytest
 
 from verl_trace.config import PredictorConfig, TraceConfig
 from verl_trace.predictor import AnchorBatch, build_featurizer
-from verl_trace.predictor_service import STATE_FILE, PredictorService
+from verl_trace.predictor.service import STATE_FILE, PredictorService
 from verl_trace.tree import RolloutTree
 
 PREDICTOR = {"members": 3, "hidden": 16, "steps_per_update": 10, "feature_dim": 16}
@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_and_restart(ray_session, tiny_model_dir, tmp_path
         get_checkpoint_tracker_filename,
     )
 
-    from verl_trace.predictor_service import PREDICTOR_ACTOR_NAME, RemotePredictor, get_predictor_actor
+    from verl_trace.predictor.service import PREDICTOR_ACTOR_NAME, RemotePredictor, get_predictor_actor
 
     ray = ray_session
     ckpt = tmp_path / "ckpt"
@@ -169,7 +169,7 @@ def test_checkpoint_round_trip_and_restart(ray_session, tiny_model_dir, tmp_path
 
 @pytest.mark.slow
 def test_one_predictor_per_job(ray_session, tiny_model_dir, tmp_path):
-    from verl_trace.predictor_service import create_predictor_actor
+    from verl_trace.predictor.service import create_predictor_actor
 
     trainer = _trainer(tiny_model_dir, tmp_path)
     with pytest.raises(RuntimeError, match="already exists"):

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from verl_trace.protocol import METRICS_PARTITION, ROOTS_KEY
-from verl_trace.rollout import arithmetic
+from verl_trace.protocol import METRICS_PARTITION, ROOTS_KEY, TRACE_FIELD
+from verl_trace.testing import arithmetic
 from verl_trace.tree import LeafStatus, RolloutTree
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def faulty_policy():
 
 
 def client_for(cfg, tokenizer):
-    from verl_trace.rollout import ScriptedPolicyClient
+    from verl_trace.testing.scripted import ScriptedPolicyClient
 
     r = cfg.actor_rollout_ref.rollout
     return ScriptedPolicyClient(tokenizer, faulty_policy(), prompt_length=r.prompt_length, response_length=r.response_length)
@@ -159,7 +159,7 @@ def run_step(job, global_steps: int):
     for worker in job.manager.agent_loop_workers:
         trees.update(worker_trees(worker))
     rows = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["extra_fields", "responses"])
-    meta = {k: ef["trace"] for k, ef in zip(batch.keys, rows["extra_fields"])}
+    meta = {k: ef[TRACE_FIELD] for k, ef in zip(batch.keys, rows["extra_fields"])}
     responses = dict(zip(batch.keys, (r.tolist() for r in rows["responses"].unbind())))
     metrics = pop_rollout_metrics()
     padded = upsample_batch_to_divisible_size(batch, 16, job.tokenizer.eos_token_id)
@@ -285,7 +285,7 @@ def test_a_failed_rollout_fails_its_share_of_roots_instead_of_hanging_the_traine
 def test_worker_restart_resumes_with_the_same_predictor(job, step1):
     import ray
 
-    from verl_trace.predictor_service import PREDICTOR_ACTOR_NAME, PredictorService, RemotePredictor
+    from verl_trace.predictor.service import PREDICTOR_ACTOR_NAME, PredictorService, RemotePredictor
 
     predictor = ray.get_actor(PREDICTOR_ACTOR_NAME)
     assert ray.get(predictor.pop_metrics.remote())["predictor/updates_total"] == WORKERS  # one update per worker

@@ -6,7 +6,7 @@ and TransferQueue set-up of tests/trainer/test_advantage_stage.py:
 
     mkdir -p /tmp/verlpatched && cp -r "$(python -c 'import verl, os; print(os.path.dirname(verl.__file__))')" /tmp/verlpatched/
     (cd /tmp/verlpatched && patch -p1 < "$REPO/patches/verl-0.9.1-adv-extra-fields.patch")
-    python -c 'from verl_trace.tiny import build_tiny_model as b; b("/tmp/tiny", ["a b c"] * 50, vocab_size=400)'
+    python -c 'from verl_trace.testing.tiny import build_tiny_model as b; b("/tmp/tiny", ["a b c"] * 50, vocab_size=400)'
     TINY=/tmp/tiny PYTHONPATH=/tmp/verlpatched:$REPO python tests/trainer/verify_adv_extra_fields.py
 """
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from ..config import TraceConfig
 from ..predictor.base import Predictor
-from .base import Allocator, Featurize, Launch, PlanContext, even_split
+from .base import Allocator, Featurize, Launch, PlanContext, StepState, even_split
 from .baselines import EntropyAllocator, PromptAllocator, TreeRandomAllocator, UniformAllocator
-from .budget import Budget, BudgetLedger
+from .budget import Budget, BudgetLedger, leaves_per_prompt, pool_size, step_budget, worker_budget
 from .planner import Issued, TreePlanner
 from .trace import OracleAllocator, TraceAllocator
 
@@ -24,14 +24,25 @@ ALLOCATORS: dict[str, type[Allocator]] = {
         OracleAllocator,
     )
 }
+"""The registry of allocators, by ``trace.allocator`` name (the order is the benchmarks' order). What an
+allocator can do is on its class (``Allocator``'s capability attributes). ``config.AllocatorName``
+lists the same names for the config schema, which sits below this layer; a test keeps the two equal."""
+
+
+def allocator_class(name: str) -> type[Allocator]:
+    try:
+        return ALLOCATORS[name]
+    except KeyError:
+        raise ValueError(f"trace.allocator: unknown allocator {name!r}; choose one of {list(ALLOCATORS)}") from None
+
+
+def root_selecting_allocators() -> list[str]:
+    """The allocators for which a candidate pool larger than the batch pays (error messages)."""
+    return [name for name, cls in ALLOCATORS.items() if cls.selects_roots and not cls.simulator_only]
 
 
 def build_allocator(cfg: TraceConfig) -> Allocator:
-    try:
-        cls = ALLOCATORS[cfg.allocator]
-    except KeyError:
-        raise ValueError(f"trace.allocator: unknown allocator {cfg.allocator!r}; choose one of {sorted(ALLOCATORS)}") from None
-    return cls(cfg)
+    return allocator_class(cfg.allocator)(cfg)
 
 
 def new_planner(
@@ -72,8 +83,15 @@ __all__ = [
     "Issued",
     "Launch",
     "PlanContext",
+    "StepState",
     "TreePlanner",
+    "allocator_class",
     "build_allocator",
     "even_split",
+    "leaves_per_prompt",
     "new_planner",
+    "pool_size",
+    "root_selecting_allocators",
+    "step_budget",
+    "worker_budget",
 ]

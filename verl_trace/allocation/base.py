@@ -17,7 +17,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
@@ -39,6 +39,17 @@ class Launch:
 
 
 @dataclass
+class StepState:
+    """What an allocator carries from one decision to the next within a step (new every step)."""
+
+    # (tree uid, node id) -> (p, std): a node's prediction cannot change within a step (its features
+    # are fixed and the predictor learns between steps), so each is made once per step
+    predictions: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    # leaves released by trees whose best continuation gains little, for trees that gain more (trace)
+    release_pool: int = 0
+
+
+@dataclass
 class PlanContext:
     """What an allocator may read during one step."""
 
@@ -53,7 +64,7 @@ class PlanContext:
     rounds_done: dict[str, int] = field(default_factory=dict)
     in_flight: dict[str, list[int]] = field(default_factory=dict)  # uid -> anchors of leaves in flight
     quota: dict[str, int] = field(default_factory=dict)  # uid -> leaves the allocator reserved for it
-    state: dict[str, Any] = field(default_factory=dict)  # allocator scratch space for this step
+    state: StepState = field(default_factory=StepState)
 
     @property
     def threshold(self) -> float:
@@ -124,8 +135,16 @@ def even_split(total: int, parts: int) -> list[int]:
 
 
 class Allocator(ABC):
-    name: str = "allocator"
-    needs_predictor: bool = False
+    """One allocation rule. Its capabilities are class attributes, so the rest of the system (config
+    checks, trainer, rollout worker, simulator, demo) asks the class in ``allocation.ALLOCATORS``
+    rather than keeping its own list of names."""
+
+    name: ClassVar[str] = "allocator"
+    needs_predictor: ClassVar[bool] = False  # queries the shared predictor (the trainer starts its actor)
+    selects_roots: ClassVar[bool] = False  # chooses its roots from the candidate pool (pool_factor > 1 pays)
+    grows_trees: ClassVar[bool] = False  # branches below the root: only a tree estimator uses what it grows
+    estimator: ClassVar[str] = "trace"  # the advantage estimator it is paired with in comparisons
+    simulator_only: ClassVar[bool] = False  # reads the true success probability, which only the simulator has
 
     def __init__(self, cfg: TraceConfig):
         self.cfg = cfg

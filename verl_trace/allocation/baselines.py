@@ -28,6 +28,7 @@ class PromptAllocator(Allocator):
 
     name = "prompt"
     needs_predictor = True
+    selects_roots = True
 
     def select_roots(self, ctx: PlanContext, pool: Sequence[RolloutTree]) -> dict[str, int]:
         if len(pool) == ctx.n_roots:
@@ -69,6 +70,8 @@ class TreeRandomAllocator(_ChainsThenBranches):
     """Tree-GRPO: expand uniformly random intermediate turn nodes, ``branch_width`` each."""
 
     name = "tree_random"
+    grows_trees = True
+    estimator = "tree_grpo"  # Tree-GRPO's inter- + intra-tree z-scores
 
     def branch(self, ctx: PlanContext, tree: RolloutTree, anchors: list[int], k: int) -> list[Launch]:
         order = list(ctx.rng.permutation(anchors)) if anchors else []
@@ -83,6 +86,8 @@ class EntropyAllocator(_ChainsThenBranches):
     is left of the round goes to fresh chains at the root, ARPO's global sampling."""
 
     name = "entropy"
+    grows_trees = True
+    estimator = "grpo"  # ARPO: GRPO over all leaves of the prompt as one flat group
 
     def branch(self, ctx: PlanContext, tree: RolloutTree, anchors: list[int], k: int) -> list[Launch]:
         base = _mean_uncertainty(tree, tree.root.children)

@@ -1,9 +1,18 @@
 """Budget accounting: leaves per step (hard) and, optionally, generated tokens (hard, by
-worst-case reservation). Every allocator spends through one ledger, so no allocator can overspend."""
+worst-case reservation). Every allocator spends through one ledger, so no allocator can overspend.
+
+The arithmetic that sizes a step lives here too, once, for the trainer, the rollout workers, the
+simulator and the CPU demo: leaves per root (``leaves_per_prompt``, where its default applies), the
+step's and a worker's budget (``step_budget``, ``worker_budget``) and the candidate pool
+(``pool_size``).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from ..config import TraceConfig
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,44 @@ class BudgetLedger:
             "failed": self.failed,
             "tokens_generated": self.tokens_generated,
         }
+
+
+def leaves_per_prompt(cfg: TraceConfig, rollout_n: int | None) -> int | None:
+    """Leaves per root per step: ``trace.budget.leaves_per_prompt``, by default verl's ``rollout.n``
+    (exactly GRPO's cost). ``None`` when neither is set. The one place this default is applied."""
+    lp = cfg.budget.leaves_per_prompt
+    return lp if lp is not None else rollout_n
+
+
+def step_budget(
+    cfg: TraceConfig, *, n_roots: int, rollout_n: int | None = None, response_length: int | None = None
+) -> Budget:
+    """The step's budget: ``leaves_per_prompt`` per root, plus ``budget.tokens`` reserved at the worst
+    case of ``response_length`` generated tokens per leaf."""
+    per_prompt = leaves_per_prompt(cfg, rollout_n)
+    if per_prompt is None:
+        raise ValueError("trace.budget.leaves_per_prompt: unset, and no rollout.n to default to")
+    tokens = cfg.budget.tokens
+    return Budget(leaves=n_roots * per_prompt, tokens=tokens, max_leaf_tokens=response_length if tokens else None)
+
+
+def worker_budget(
+    cfg: TraceConfig, *, n_roots: int, step_roots: int, rollout_n: int | None, response_length: int | None
+) -> Budget:
+    """A rollout worker's budget for its ``n_roots`` of the step's ``step_roots`` roots:
+    ``step_budget``'s leaves per root, and its proportional share of ``trace.budget.tokens`` (a
+    per-step cap; rounded down, at least one token)."""
+    budget = step_budget(cfg, n_roots=n_roots, rollout_n=rollout_n, response_length=response_length)
+    if budget.tokens is None or n_roots == step_roots:
+        return budget
+    return Budget(budget.leaves, max(1, budget.tokens * n_roots // step_roots), budget.max_leaf_tokens)
+
+
+def pool_size(pool_factor: float, n_roots: int, fetch: int = 1) -> int:
+    """Prompts in a step's candidate pool: ``pool_factor * n_roots`` rounded up (float noise aside, so
+    1.1 x 10 is 11, not 12), then up to whole fetches of ``fetch`` prompts (the trainer's dataloader
+    batches), and never fewer than ``n_roots``."""
+    if fetch < 1:
+        raise ValueError(f"pool_size: fetch must be >= 1, got {fetch}")
+    want = math.ceil(round(pool_factor * n_roots, 9))
+    return max(n_roots, math.ceil(want / fetch) * fetch)

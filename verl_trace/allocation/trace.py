@@ -184,6 +184,8 @@ class _TreePlan:
 class TraceAllocator(Allocator):
     name = "trace"
     needs_predictor = True
+    selects_roots = True
+    grows_trees = True
 
     def __init__(self, cfg, kappa_max: float | None = None):
         super().__init__(cfg)
@@ -197,14 +199,14 @@ class TraceAllocator(Allocator):
             chosen = list(pool)
         else:
             pred = ctx.predict_roots(pool)
-            cache = ctx.state.setdefault("predictions", {})
+            cache = ctx.state.predictions
             for t, p, sd in zip(pool, pred.p.tolist(), pred.std.tolist()):
                 cache[(t.uid, ROOT)] = (p, sd)
             a, b = pred.beta_params(kappa_max=self.kappa_max)
             value = mixed_probability(a, b, max(2, round(share)))
             order = np.lexsort((ctx.rng.random(len(pool)), -value))
             chosen = [pool[i] for i in order[: ctx.n_roots]]
-        ctx.state["release_pool"] = 0
+        ctx.state.release_pool = 0
         return first_chains(ctx, chosen, even_split(leaves, len(chosen)), self.params)
 
     # ------------------------------------------------------------------ expansion
@@ -230,11 +232,11 @@ class TraceAllocator(Allocator):
             # share to a pool that trees with a high marginal gain draw from.
             for t, plan in enumerate(plans):
                 if max(plan.effective_gains(), default=NEG) < self.params.release_gain:
-                    ctx.state["release_pool"] = ctx.state.get("release_pool", 0) + k[t]
+                    ctx.state.release_pool += k[t]
                     ctx.quota[plan.uid] -= k[t]
                     k[t] = 0
-            extra = min(ctx.state.get("release_pool", 0), sum(k))
-            ctx.state["release_pool"] = ctx.state.get("release_pool", 0) - extra
+            extra = min(ctx.state.release_pool, sum(k))
+            ctx.state.release_pool -= extra
         counts = self._greedy(plans, k, extra)
         out: list[Launch] = []
         for plan, c in zip(plans, counts):
@@ -278,8 +280,8 @@ class TraceAllocator(Allocator):
     def _predictions(self, ctx: PlanContext, trees: Sequence[RolloutTree], ids: Sequence[list[int]]) -> list[np.ndarray]:
         """(2, n) arrays of (p, std) per tree. A node's prediction cannot change within a step (its
         features are fixed and the predictor learns between steps), so each is computed once per
-        planner and cached in ``ctx.state``; a call predicts only the anchors that are new."""
-        cache: dict[tuple[str, int], tuple[float, float]] = ctx.state.setdefault("predictions", {})
+        planner and cached in ``ctx.state.predictions``; a call predicts only the anchors that are new."""
+        cache = ctx.state.predictions
         miss = [(t, [i for i in nid if (t.uid, i) not in cache]) for t, nid in zip(trees, ids)]
         miss = [(t, m) for t, m in miss if m]
         if miss:
@@ -328,6 +330,7 @@ class OracleAllocator(TraceAllocator):
     """The TRACE rule with the true success probability (simulator only): the upper bound."""
 
     name = "oracle"
+    simulator_only = True
 
     def __init__(self, cfg):
         super().__init__(cfg, kappa_max=1e6)

@@ -12,4 +12,10 @@ then RL where every step's rollouts go through
 ``benchmarks/e2e_cpu.py`` compares allocators with the same pieces. docs/demo.md explains it.
 
 This small trainer exists for CPU demos and benchmarks only; verl's trainer is the product path.
+It ships in the wheel (``python -m verl_trace.demo`` from an install), its dependencies in the
+``demo`` extra: ``pip install 'verl-trace[demo]'`` (checked here, on import).
 """
+
+from ..extras import require_extra
+
+require_extra("demo", "the CPU demo (verl_trace.demo)")

@@ -26,7 +26,7 @@ from . import report as report_io
 from . import warm_start
 from .progress import DemoProgress
 from .rl import History, RLRun
-from .settings import ESTIMATOR, DemoSettings, make_settings
+from .settings import ALLOCATORS, DemoSettings, make_settings
 from .world import MINI_DIR
 
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m verl_trace.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a ~2 minute run (what the tests run)")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="report directory (default outputs/demo)")
-    p.add_argument("--allocator", default="trace", choices=sorted(ESTIMATOR), help="rollout allocator (default trace)")
+    p.add_argument("--allocator", default="trace", choices=ALLOCATORS, help="rollout allocator (default trace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--warm-start", type=Path, metavar="DIR",

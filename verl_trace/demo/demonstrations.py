@@ -30,7 +30,8 @@ import numpy as np
 
 from ..config import BudgetConfig, TraceConfig
 from ..rewards import qa_em
-from ..rollout import PolicyCall, ScriptedPolicyClient, TreeRolloutRunner, build_planner, compute_score_reward
+from ..rollout import TreeRolloutRunner, build_planner, compute_score_reward
+from ..testing.scripted import PolicyCall, ScriptedPolicyClient
 from ..tools.search_tool import SearchTool, close_shared_sessions
 from .settings import DemoSettings, TeacherSettings
 from .world import Question

@@ -21,6 +21,7 @@ from verl.workers.config.actor import ActorConfig
 
 from ..advantage import register
 from ..config import AdvantageConfig
+from ..protocol import parse_tree_meta
 from ..rollout import LeafOutput
 from .sequences import collate, pad_response, response_logprobs
 from .settings import RLSettings
@@ -47,17 +48,17 @@ class LeafBatch:
         rewards = torch.zeros(len(outs), width)
         for i, o in enumerate(outs):
             rewards[i, len(o.response_ids) - 1] = float(o.reward_score)
-        meta = [o.extra_fields["trace"] for o in outs]
+        meta = [parse_tree_meta(o.extra_fields, where=f"leaf {leaf.uid}/{leaf.leaf_id}") for leaf, o in zip(leaves, outs)]
         return cls(
             prompts=[list(o.prompt_ids) for o in outs],
             responses=[list(o.response_ids) for o in outs],
             response_mask=pad_response([o.response_mask for o in outs], width),
             old_log_probs=pad_response([o.response_logprobs or [0.0] * len(o.response_ids) for o in outs], width),
             token_level_rewards=rewards,
-            index=np.array([m["tree_uid"] for m in meta], dtype=object),
-            tree_paths=[m["path"] for m in meta],
-            turn_spans=[m["spans"] for m in meta],
-            leaf_status=[m["status"] for m in meta],
+            index=np.array([m.tree_uid for m in meta], dtype=object),
+            tree_paths=[list(m.path) for m in meta],
+            turn_spans=[[list(s) for s in m.spans] for m in meta],
+            leaf_status=[m.status.value for m in meta],
         )
 
     def __len__(self) -> int:
@@ -65,12 +66,15 @@ class LeafBatch:
 
 
 def compute_advantages(batch: LeafBatch, estimator: str, adv_cfg: AdvantageConfig) -> torch.Tensor:
-    """(B, R) advantages from verl's registered estimator ``estimator`` (``trace`` or ``tree_grpo``)."""
+    """(B, R) advantages from verl's registered estimator ``estimator`` (``trace`` or ``tree_grpo``),
+    or ``grpo``: GRPO over all leaves of a tree as one flat group (ARPO's), which is the ``trace``
+    estimator without the tree metadata (docs/algorithm.md §5), failed leaves still left out."""
     register()
-    fn = core_algos.get_adv_estimator_fn(estimator)
+    tree = estimator != "grpo"
+    fn = core_algos.get_adv_estimator_fn(estimator if tree else "trace")
     adv, _ = fn(token_level_rewards=batch.token_level_rewards, response_mask=batch.response_mask, index=batch.index,
-                config=None, tree_paths=batch.tree_paths, turn_spans=batch.turn_spans, leaf_status=batch.leaf_status,
-                trace_config=adv_cfg)
+                config=None, tree_paths=batch.tree_paths if tree else None,
+                turn_spans=batch.turn_spans if tree else None, leaf_status=batch.leaf_status, trace_config=adv_cfg)
     return adv
 
 

@@ -1,4 +1,4 @@
-"""The demo's tokenizer and tiny Qwen2, built locally (``verl_trace.tiny``): nothing is downloaded.
+"""The demo's tokenizer and tiny Qwen2, built locally (``verl_trace.testing.tiny``): nothing is downloaded.
 
 The tokenizer is trained on the corpus, the training questions and the exact strings the agent
 produces (tool calls, answers), so the protocol costs few tokens. Its chat template is ChatML with
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken
 
-from ..tiny import build_model, build_tokenizer, chat_template
+from ..testing.tiny import build_model, build_tokenizer, chat_template
 from .demonstrations import answer_text, search_text
 from .settings import ModelSettings
 from .world import Question, corpus_texts

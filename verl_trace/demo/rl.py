@@ -8,7 +8,6 @@ after every step, so Ctrl-C or a crash loses at most the step in progress.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..allocation import pool_size
 from ..metrics import forest_metrics
 from ..predictor import build_featurizer, build_predictor
 from ..tree import RolloutTree
@@ -105,7 +105,7 @@ class RLRun:
     # ------------------------------------------------------------------ one step
     def rl_step(self) -> dict[str, float]:
         s, step = self.settings, self.history.step + 1
-        pool = self.sampler.take(math.ceil(s.rl.prompts_per_step * self.trace_cfg.allocation.pool_factor))
+        pool = self.sampler.take(pool_size(self.trace_cfg.allocation.pool_factor, s.rl.prompts_per_step))
         t0 = time.perf_counter()
         result = self.agent.rollout(pool, self.trace_cfg, n_roots=s.rl.prompts_per_step, leaves=s.leaves_per_step,
                                     temperature=s.rl.temperature, predictor=self.predictor, featurizer=self.featurizer,

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..allocation import ALLOCATORS as REGISTRY
 from ..config import TraceConfig
 
-# The estimator each allocator is compared with: Tree-GRPO's own for its random trees, TRACE's
-# tree advantage otherwise (on independent chains it is exactly GRPO).
-ESTIMATOR = {"uniform": "trace", "tree_random": "tree_grpo", "trace": "trace", "entropy": "trace", "prompt": "trace"}
+ALLOCATORS = [name for name, cls in REGISTRY.items() if not cls.simulator_only]
+"""The allocators the demo can run (each with its paired estimator, ``Allocator.estimator``)."""
 
 
 class _Strict(BaseModel):
@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class ModelSettings(_Strict):
-    """The tiny Qwen2 and its locally trained tokenizer (``verl_trace.tiny``)."""
+    """The tiny Qwen2 and its locally trained tokenizer (``verl_trace.testing.tiny``)."""
 
     vocab_size: int = Field(1024, ge=300)  # BPE merges; entity names are added on top, one token each
     name_init_std: float = Field(0.1, gt=0.0)  # scale of the names' random identities (model.share_name_updates)
@@ -100,9 +100,9 @@ class DemoSettings(_Strict):
     @model_validator(mode="after")
     def _runnable_allocator(self) -> DemoSettings:
         # `oracle` needs the true success probability, which only the allocation simulator has
-        if self.trace.allocator not in ESTIMATOR:
+        if self.trace.allocator not in ALLOCATORS:
             raise ValueError(f"trace.allocator {self.trace.allocator!r} cannot run in the demo; "
-                             f"choose one of {sorted(ESTIMATOR)}")
+                             f"choose one of {ALLOCATORS}")
         return self
 
     @property
@@ -111,7 +111,7 @@ class DemoSettings(_Strict):
 
     @property
     def estimator(self) -> str:
-        return ESTIMATOR[self.trace.allocator]
+        return REGISTRY[self.trace.allocator].estimator
 
     @property
     def leaves_per_step(self) -> int:

@@ -97,7 +97,8 @@ class Predictor(ABC):
     @abstractmethod
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
         """Learn from outcomes in [0, 1] (one per anchor). Returns metrics, including calibration
-        of the predictions made *before* this update on exactly these anchors."""
+        of the predictions made *before* this update on exactly these anchors. An empty batch (a
+        step whose leaves all failed) is a no-op that returns ``{}``."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

@@ -68,6 +68,8 @@ class BetaPredictor(Predictor):
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
         y = check_outcomes(anchors, outcomes)
+        if not len(anchors):
+            return {}
         metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/beta_")
         agg: dict[str, list[float]] = {}
         for k, v in zip(anchors.keys, y):

@@ -56,6 +56,9 @@ class SentenceEmbeddingEncoder(TextEncoder):
     def __init__(self, model_path: str | None = None, device: str = "cpu"):
         import os
 
+        from ..extras import require_extra
+
+        require_extra("dense", "predictor.featurizer=embedding")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import AnchorBatch, Prediction, Predictor
+from .base import AnchorBatch, Prediction, Predictor, check_outcomes
 from .beta import BetaPredictor
 from .calibration import calibration_report
 from .shared import EnsemblePredictor
@@ -85,7 +85,9 @@ class HybridPredictor(Predictor):
         return Prediction(p=a / n, std=np.sqrt(a * b / (n * n * (n + 1))))
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
-        y = np.asarray(outcomes, float)
+        y = check_outcomes(anchors, outcomes)
+        if not len(anchors):
+            return {}
         shared = self.shared.predict(anchors)  # before the update: out-of-sample for this batch
         m = shared.p
         metrics = calibration_report(self._posterior(shared, anchors.keys).p, y, prefix="predictor/hybrid_")

@@ -20,6 +20,13 @@ from .base import AnchorBatch, Prediction, Predictor, check_outcomes
 from .calibration import calibration_report
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) without overflow for large negative logits: e^-|x| never exceeds 1. Bit for bit
+    the direct form where x >= 0; for x < 0 the algebraically equal e^x / (1 + e^x)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 class EnsemblePredictor(Predictor):
     name = "shared"
 
@@ -117,10 +124,12 @@ class EnsemblePredictor(Predictor):
         h = np.maximum(x.astype(np.float32, copy=False) @ w["w1"] + w["b1"], 0.0)
         k = w["w2"].shape[0]
         logits = np.einsum("nkh,kh->kn", h.reshape(len(x), k, -1), w["w2"]).astype(np.float64) + w["b2"][:, None]
-        return 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid(logits)
 
     def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
         y = check_outcomes(anchors, outcomes)
+        if not len(anchors):
+            return {}
         x = self._features(anchors)
         metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/shared_")
         if self.dim is None:

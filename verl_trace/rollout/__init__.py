@@ -6,8 +6,9 @@
   ``TreePlanner`` over those loops, emitting verl trajectories with tree metadata;
 * :mod:`.hf_client`: ``HFLLMClient``, a batched in-process transformers engine with verl's
   ``LLMServerClient.generate`` interface (CPU tests, the CPU demo);
-* :mod:`.scripted`: ``ScriptedPolicyClient``, a seeded scripted policy behind the same interface;
 * :mod:`.reward`: reward-function adapters.
+
+The scripted policy and the arithmetic toy task the tests use are in :mod:`verl_trace.testing`.
 
 Importing this package imports verl's agent-loop machinery (layers 1-4 never do).
 """
@@ -23,8 +24,7 @@ from .agent_loop import (
 from .engine import ENTROPY_KEY, EngineError, vllm_max_tokens
 from .hf_client import HFLLMClient
 from .reward import RewardFn, compute_score_reward
-from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner, step_budget
-from .scripted import PolicyCall, ScriptedPolicyClient
+from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner
 
 __all__ = [
     "AGENT_NAME",
@@ -34,9 +34,7 @@ __all__ = [
     "HFLLMClient",
     "LeafOutput",
     "LoopResult",
-    "PolicyCall",
     "RewardFn",
-    "ScriptedPolicyClient",
     "StepResult",
     "TraceLayoutError",
     "TraceToolAgentLoop",
@@ -45,6 +43,5 @@ __all__ = [
     "TurnRecord",
     "build_planner",
     "compute_score_reward",
-    "step_budget",
     "vllm_max_tokens",
 ]

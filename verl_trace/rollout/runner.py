@@ -14,8 +14,8 @@ Snapshots live here, keyed by (tree uid, node id), and are dropped when the step
 itself stays engine-free. Faults never escape a run: an engine error, a loop crash, a run timeout
 or a failing reward function becomes a FAILED leaf (tool errors and timeouts, which verl's loop
 turns into observations, stay ordinary leaves), so every launch produces its leaf and the budget
-is spent exactly. Each leaf comes back as a verl-ready ``AgentLoopOutput`` with
-``extra_fields["trace"] = {"tree_uid", "path", "spans", "status"}``.
+is spent exactly. Each leaf comes back as a verl-ready ``AgentLoopOutput`` whose
+``extra_fields[protocol.TRACE_FIELD]`` is its ``protocol.TreeMeta``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ..allocation import Budget, Issued, TreePlanner, build_allocator, new_plann
 from ..config import TraceConfig
 from ..metrics import forest_metrics
 from ..predictor import AnchorFeaturizer, Predictor
+from ..protocol import TRACE_FIELD, TreeMeta
 from ..tree import ROOT, LeafStatus, RolloutTree
 from .agent_loop import AgentSnapshot, LoopResult, TraceToolAgentLoop, TurnRecord
 from .engine import EngineError
@@ -70,7 +71,7 @@ class TreePrompt:
 
 @dataclass
 class LeafOutput:
-    """A finished leaf as verl sees it. ``output.extra_fields['trace']`` carries the tree metadata."""
+    """A finished leaf as verl sees it. ``output.extra_fields[TRACE_FIELD]`` carries the tree metadata."""
 
     uid: str
     leaf_id: int
@@ -108,14 +109,6 @@ def build_planner(
         cfg, build_allocator(cfg), n_roots=n_roots, budget=budget, max_turns=max_turns,
         predictor=predictor, featurize=featurize, rng=rng,
     )  # fmt: skip
-
-
-def step_budget(cfg: TraceConfig, *, n_roots: int, rollout_n: int, response_length: int) -> Budget:
-    """The step's budget: ``leaves_per_prompt`` (default ``rollout.n``, GRPO's cost) per root,
-    plus ``budget.tokens`` reserved at the worst case of ``response_length`` per leaf."""
-    per_prompt = cfg.budget.leaves_per_prompt or rollout_n
-    tokens = cfg.budget.tokens
-    return Budget(leaves=n_roots * per_prompt, tokens=tokens, max_leaf_tokens=response_length if tokens else None)
 
 
 @dataclass
@@ -400,12 +393,7 @@ class TreeRolloutRunner:
     def _leaf_output(self, tree: RolloutTree, leaf: int, run: _Run) -> LeafOutput:
         traj = tree.render(leaf, max_response_len=self.response_length)
         status = traj.status
-        trace = {
-            "tree_uid": tree.uid,
-            "path": list(traj.path),
-            "spans": [[int(s), int(e)] for s, e in traj.turn_spans],
-            "status": status.value,
-        }
+        meta = TreeMeta(tree_uid=tree.uid, path=list(traj.path), spans=traj.turn_spans, status=status)
         if status is not LeafStatus.FAILED:
             out = run.output
             out.reward_score = run.reward
@@ -428,7 +416,7 @@ class TreeRolloutRunner:
                 metrics=AgentLoopMetrics(),
                 extra_fields={"turn_scores": [], "tool_rewards": [], "reward_extra_info": {}},
             )
-        out.extra_fields["trace"] = trace
+        out.extra_fields[TRACE_FIELD] = meta.to_field()
         return LeafOutput(tree.uid, leaf, status, out, error=run.error_kind)
 
     def _filler_id(self) -> int:

@@ -15,10 +15,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..allocation import Budget
-from ..config import TraceConfig
 from ..protocol import ROOTS_KEY
-from .runner import TreePrompt, step_budget
+from .runner import TreePrompt
 
 # verl's per-prompt overrides of rollout.n and sampling (REMAX); the tree budget decides instead.
 VERL_PROMPT_OVERRIDES = ("__rollout_n__", "__do_sample__")
@@ -38,17 +36,6 @@ def split_roots(n_roots: int, chunk_sizes: Sequence[int]) -> list[int]:
     for i in by_remainder[: n_roots - sum(shares)]:
         shares[i] += 1
     return shares
-
-
-def worker_budget(
-    cfg: TraceConfig, *, n_roots: int, step_roots: int, rollout_n: int, response_length: int
-) -> Budget:
-    """A worker's budget for its ``n_roots`` of the step's ``step_roots`` roots: ``step_budget``'s
-    leaves per root, and its proportional share of ``trace.budget.tokens`` (a per-step cap)."""
-    budget = step_budget(cfg, n_roots=n_roots, rollout_n=rollout_n, response_length=response_length)
-    if budget.tokens is None or n_roots == step_roots:
-        return budget
-    return Budget(budget.leaves, max(1, budget.tokens * n_roots // step_roots), budget.max_leaf_tokens)
 
 
 def prompt_key(row: dict[str, Any]) -> str:

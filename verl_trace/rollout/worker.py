@@ -39,16 +39,16 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, _agent_loop
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.utils import tensordict_utils as tu
 
-from ..allocation import ALLOCATORS
+from ..allocation import allocator_class, worker_budget
 from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
-from ..predictor_service import RemotePredictor, get_predictor_actor
+from ..predictor.service import RemotePredictor, get_predictor_actor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
 from ..tree import LeafStatus
 from .agent_loop import TraceToolAgentLoop
 from .reward import RewardFn, compute_score_reward
 from .runner import LeafOutput, StepResult, TreeRolloutRunner, build_planner
-from .submission import Submission, split_roots, worker_budget
+from .submission import Submission, split_roots
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         self.keep_failed_leaves = self.config.algorithm.adv_estimator in TREE_ESTIMATORS
         self.predictor_handle = None
         self.featurizer = None
-        if ALLOCATORS[self.trace_config.allocator].needs_predictor:
+        if allocator_class(self.trace_config.allocator).needs_predictor:
             self.predictor_handle = get_predictor_actor()
             self.featurizer = build_featurizer(self.trace_config.predictor, self.trace_config.max_turns)
         self.reward_fn = self._reward_loop_score if reward_loop_worker_handles else self._local_reward_fn()

@@ -10,10 +10,10 @@ process of the job (trainer, rollout workers) reads the same complete ``trace:``
 from __future__ import annotations
 
 import logging
-import math
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..allocation import allocator_class, leaves_per_prompt, root_selecting_allocators
 from ..config import TraceConfig, TraceConfigError, load_trace_config
 from ..protocol import TREE_ESTIMATORS
 
@@ -21,22 +21,11 @@ logger = logging.getLogger(__name__)
 
 TRACE_MANAGER = "verl_trace.rollout.worker.TraceAgentLoopManager"
 TRACE_AGENT_LOOP = "trace_agent"
-TREE_ALLOCATORS = ("tree_random", "entropy", "trace")  # grow trees below the root
-ROOT_SELECTING_ALLOCATORS = ("prompt", "trace")  # choose roots from a candidate pool
-PREDICTOR_ALLOCATORS = ("prompt", "trace")  # need the shared predictor actor
 
 
 def uses_trace_rollout(config: DictConfig) -> bool:
     """Whether the job's rollout is TRACE's agent-loop manager."""
     return OmegaConf.select(config, "actor_rollout_ref.rollout.agent.agent_loop_manager_class") == TRACE_MANAGER
-
-
-def pool_size(trace: TraceConfig, train_batch_size: int, gen_batch_size: int | None) -> int:
-    """Prompts submitted per step: ``pool_factor * train_batch_size`` rounded up to whole
-    dataloader fetches (``data.gen_batch_size``)."""
-    chunk = gen_batch_size or train_batch_size
-    want = math.ceil(trace.allocation.pool_factor * train_batch_size)
-    return max(train_batch_size, math.ceil(want / chunk) * chunk)
 
 
 def prepare_trace_config(config: DictConfig) -> TraceConfig:
@@ -58,9 +47,12 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
             "trainer.use_v1: TRACE targets verl's V1 trainer (the default); the deprecated legacy trainer "
             "needs exactly rollout.n rows per prompt in a fixed order and is not supported"
         )
-    if trace.allocator == "oracle":
-        errors.append("trace.allocator: 'oracle' reads the true success probability, which only the simulator has")
-    if trace.allocator in TREE_ALLOCATORS and estimator not in TREE_ESTIMATORS:
+    allocator = allocator_class(trace.allocator)
+    if allocator.simulator_only:
+        errors.append(
+            f"trace.allocator: {trace.allocator!r} reads the true success probability, which only the simulator has"
+        )
+    if allocator.grows_trees and estimator not in TREE_ESTIMATORS:
         errors.append(
             f"algorithm.adv_estimator: {estimator!r} ignores the tree that trace.allocator={trace.allocator!r} "
             f"builds; use one of {list(TREE_ESTIMATORS)}"
@@ -90,10 +82,10 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
                 f"actor_rollout_ref.rollout.agent.default_agent_loop: the TRACE rollout branches at turn "
                 f"boundaries with the {TRACE_AGENT_LOOP!r} agent loop, got {loop!r}"
             )
-    if trace.allocation.pool_factor > 1.0 and trace.allocator not in ROOT_SELECTING_ALLOCATORS:
+    if trace.allocation.pool_factor > 1.0 and not allocator.selects_roots:
         errors.append(
             f"trace.allocation.pool_factor: {trace.allocation.pool_factor} > 1 only helps allocators that select "
-            f"roots from the pool ({list(ROOT_SELECTING_ALLOCATORS)}); {trace.allocator!r} takes the first prompts "
+            f"roots from the pool ({root_selecting_allocators()}); {trace.allocator!r} takes the first prompts "
             "and would discard the rest"
         )
 
@@ -111,7 +103,7 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
             f"{assistant_turns}, where the agent loop stops; turns past it never exist"
         )
     n = sel("actor_rollout_ref.rollout.n")
-    leaves = trace.budget.leaves_per_prompt if trace.budget.leaves_per_prompt is not None else n
+    leaves = leaves_per_prompt(trace, n)
     if leaves is None or leaves < trace.budget.min_leaves_per_root:
         errors.append(
             f"trace.budget.leaves_per_prompt: {leaves} (defaults to actor_rollout_ref.rollout.n) is smaller than "

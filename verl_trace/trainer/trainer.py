@@ -24,11 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ..allocation import allocator_class, pool_size
 from ..config import TraceConfig, load_trace_config
 from ..metrics import merge_step_metrics
-from ..predictor_service import create_predictor_actor, load_predictor, save_predictor
+from ..predictor.service import create_predictor_actor, load_predictor, save_predictor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY
-from .config_check import PREDICTOR_ALLOCATORS, TREE_ESTIMATORS, pool_size, uses_trace_rollout
+from .config_check import TREE_ESTIMATORS, uses_trace_rollout
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,13 @@ class TraceTrainerMixin:
         super().__init__(config)
         self.trace_config: TraceConfig = load_trace_config(config.get("trace"))
         self.trace_rollout = uses_trace_rollout(config)
+        # Whole dataloader fetches (data.gen_batch_size, by default the train batch).
+        batch_size = config.data.train_batch_size
         self.trace_pool_size = pool_size(
-            self.trace_config, config.data.train_batch_size, config.data.get("gen_batch_size", None)
+            self.trace_config.allocation.pool_factor, batch_size, fetch=config.data.get("gen_batch_size", None) or batch_size
         )
         self.predictor = None
-        if self.trace_rollout and self.trace_config.allocator in PREDICTOR_ALLOCATORS:
+        if self.trace_rollout and allocator_class(self.trace_config.allocator).needs_predictor:
             # Before any worker exists: rollout workers look it up by name.
             self.predictor = create_predictor_actor(self.trace_config)
 

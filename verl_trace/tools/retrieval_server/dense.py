@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...extras import require_extra
 from .index import Hit
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -40,6 +41,7 @@ class Encoder:
 
     def __init__(self, model: str = BUNDLED_MODEL, query_prefix: str = "", passage_prefix: str = "",
                  batch_size: int = 64, device: str = "cpu"):
+        require_extra("dense", "dense retrieval")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 

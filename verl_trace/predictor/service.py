@@ -1,5 +1,9 @@
 """The job-wide shared predictor: one named Ray actor for all TRACE rollout workers.
 
+Layer 2, beside the predictors it serves: it needs only them, the config schema and Ray (imported
+in the functions that use it), so the rollout workers (layer 5) and the trainer (layer 6) both
+import it from below.
+
 The predictor must generalize across prompts and prefixes, so every worker of a job queries and
 trains the same one. ``PredictorService`` wraps ``build_predictor(trace.predictor)`` and keeps
 calibration of its predictions (Brier, ECE, AUC of the predictions made *before* each update) for
@@ -21,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import PredictorConfig, TraceConfig
-from .predictor import build_predictor, calibration_report
-from .predictor.base import AnchorBatch, Prediction, Predictor
+from ..config import PredictorConfig, TraceConfig
+from . import build_predictor
+from .base import AnchorBatch, Prediction, Predictor
+from .calibration import calibration_report
 
 PREDICTOR_ACTOR_NAME = "verl_trace_predictor"
 STATE_FILE = "trace_predictor.pt"

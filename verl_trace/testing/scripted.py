@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from verl.workers.rollout.replica import TokenOutput
 
-from .engine import ENTROPY_KEY, vllm_max_tokens
+from ..rollout.engine import ENTROPY_KEY, vllm_max_tokens
 
 
 @dataclass
