@@ -20,6 +20,7 @@ from verl_trace.predictor import (
     build_predictor,
     ece,
 )
+from verl_trace.predictor.featurize import N_NUMERIC
 from verl_trace.tree import ROOT, RolloutTree
 
 
@@ -164,7 +165,7 @@ def test_hashed_featurizer_is_incremental_and_deterministic():
 def test_embedding_featurizer_loads_local_model_offline():
     fz = build_featurizer(PredictorConfig(featurizer="embedding"), max_turns=4)
     x = fz.featurize(_tree(), [0, 2])
-    assert x.shape == (2, 3 * 384 + 8)
+    assert x.shape == (2, 3 * 384 + N_NUMERIC)
     assert np.all(np.isfinite(x))
 
 
@@ -281,3 +282,34 @@ def test_update_on_an_empty_batch_is_a_no_op(kind):
     np.testing.assert_array_equal(pred.predict(b).p, before)
     if kind == "service":
         assert pred.updates == 1
+
+
+def test_featurizer_sees_what_the_observations_contained():
+    """The numeric block says whether the observations mention the question's terms and entities,
+    whether the last turn's tool call failed, and the policy's own log-probs and entropy."""
+    from verl_trace.predictor.featurize import NUMERIC, question_terms
+
+    terms, ents = question_terms("Who founded the Blue Lantern company in 1998?")
+    assert ents == {"founded", "blue", "lantern", "1998"} - {"founded"} and "company" in terms and "who" not in terms
+    t = RolloutTree("t", [1], "system: you are an agent\nWho founded the Blue Lantern company in 1998?")
+    t.meta["question"] = "Who founded the Blue Lantern company in 1998?"
+    hit = t.add_turn(ROOT, [5, 6], [7], text="search Blue Lantern", obs_text="Blue Lantern was founded in 1998 by Ann Poe.",
+                     action_logprobs=[-0.2, -0.4], tool_calls=1, entropy=0.7)
+    miss = t.add_turn(ROOT, [5], [7], text="search lantern", obs_text="Error: unknown tool", tool_calls=1, tool_errors=1,
+                      action_logprobs=[-2.0])
+    deeper = t.add_turn(hit, [9], [7], text="search Ann Poe", obs_text="Ann Poe is a painter.", action_logprobs=[-1.0], tool_calls=1)
+    fz = AnchorFeaturizer(HashedNgramEncoder(16), max_turns=4)
+    x = fz.featurize(t, [ROOT, hit, miss, deeper])
+    num = {name: x[:, 3 * 16 + k] for k, name in enumerate(NUMERIC)}
+    assert x.shape == (4, fz.dim) and np.isfinite(x).all()
+    assert num["entities_last"][1] == pytest.approx(1.0) and num["entities_last"][2] == 0.0
+    assert num["question_terms_last"][3] == 0.0 and num["question_terms_seen"][3] == num["question_terms_seen"][1] > 0
+    assert num["entities_seen"][3] == pytest.approx(1.0)  # found earlier on the path
+    assert (num["last_tool_error"][2], num["tool_errors"][2], num["last_tool_error"][1]) == (1.0, pytest.approx(np.log1p(1)), 0.0)
+    assert num["last_logprob"][1] == pytest.approx(-0.3) and num["mean_logprob"][3] == pytest.approx((-0.3 - 1.0) / 2)
+    assert (num["last_entropy"][1], num["entropy_reported"][1], num["entropy_reported"][2]) == (pytest.approx(0.7), 1.0, 0.0)
+    assert num["similarity_last"][1] > num["similarity_last"][2]  # the hit shares words with the prompt
+    assert num["is_root"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    # Computed once: a node's vector is stored, and a second call returns it unchanged.
+    again = fz.featurize(t, [deeper])
+    np.testing.assert_array_equal(again[0], x[3])

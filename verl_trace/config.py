@@ -45,6 +45,10 @@ class AllocatorConfig(_Strict):
     # trace: a tree whose best continuation is expected to add fewer effective leaves than this
     # releases its round share to trees with a higher marginal gain (docs/benchmarks.md measures it)
     release_gain: float = Field(default=1.0, ge=0.0)
+    # trace: the objective the greedy maximizes (docs/algorithm.md §4.2): a tree of n leaves is worth
+    # P(mixed outcomes) * (mixed_weight + n ** leaf_exponent); (0, 1) = expected effective leaves
+    mixed_weight: float = Field(default=0.0, ge=0.0)
+    leaf_exponent: float = Field(default=1.0, gt=0.0, le=1.0)
     entropy_weight: float = Field(default=1.0, ge=0.0)  # entropy: weight of the entropy rise (ARPO w)
 
 
@@ -58,6 +62,7 @@ class PredictorConfig(_Strict):
     lr: float = Field(default=3e-3, gt=0.0)
     steps_per_update: int = Field(default=40, ge=0)
     buffer_size: int = Field(default=20_000, ge=1)
+    replay_discount: float = Field(default=1.0, gt=0.0, le=1.0)  # shared model: a row k steps old weighs this ** k
     alpha0: float = Field(default=1.0, gt=0.0)
     beta0: float = Field(default=1.0, gt=0.0)
     discount: float = Field(default=0.9, ge=0.0, le=1.0)  # per-key evidence weight per elapsed step

@@ -130,14 +130,22 @@ class _TreePlan:
     ``pf``/``ps`` are the predictive probabilities that the next draw at an anchor fails /
     succeeds given its Beta posterior and the ``j`` virtual draws already placed there; ``F``/``S``
     are the probabilities that all leaves of the root group (real and virtual) fail / succeed.
+
+    The objective (docs/algorithm.md §4.2): a tree of ``n`` leaves is worth
+    ``P(its outcomes are mixed) * (mixed_weight + n ** leaf_exponent)``. ``(0, 1)`` is the expected
+    number of effective leaves (the original rule); ``mixed_weight > 0`` values making one more
+    prompt carry signal above adding leaves to a prompt that already does; ``leaf_exponent < 1``
+    gives each tree diminishing returns in its leaves.
     """
 
-    __slots__ = ("uid", "anchors", "a", "b", "j", "j_round", "pf", "ps", "bonus", "inv_cost", "n", "F", "S", "Z")
+    __slots__ = ("uid", "anchors", "a", "b", "j", "j_round", "pf", "ps", "bonus", "inv_cost", "n", "F", "S", "Z",
+                 "w", "g")
 
     def __init__(self, uid: str, anchors: list[int], a: list[float], b: list[float], bonus: list[float],
-                 inv_cost: list[float], s_root: int, f_root: int):
+                 inv_cost: list[float], s_root: int, f_root: int, mixed_weight: float = 0.0, leaf_exponent: float = 1.0):
         self.uid, self.anchors, self.a, self.b = uid, anchors, a, b
         self.bonus, self.inv_cost = bonus, inv_cost
+        self.w, self.g = mixed_weight, leaf_exponent
         m = len(anchors)
         self.j = [0] * m
         self.j_round = [0] * m
@@ -160,22 +168,34 @@ class _TreePlan:
             self.ps[v] = (a + j) / (a + b + j)
         self.j_round[v] += count
 
-    def effective_gains(self) -> list[float]:
-        """Expected increase in leaves with a non-zero advantage from one more continuation."""
-        c = self.n + 1
-        base = self.n * (1 - self.F - self.S + self.Z)
-        cf, cs = c * self.F, c * self.S
-        return [c - cf * pf - cs * ps - base for pf, ps in zip(self.pf, self.ps)]
+    def _terms(self) -> tuple[float, float]:
+        """(value if mixed after one more draw, expected value now): one more draw at ``v`` is
+        worth ``after * (1 - F * pf[v] - S * ps[v]) - now``."""
+        n = self.n
+        return self.w + (n + 1) ** self.g, (self.w + n**self.g) * (1 - self.F - self.S + self.Z)
+
+    def price(self) -> float:
+        """What one more leaf is worth in a tree of this size whose outcomes are already mixed:
+        1 under the effective-leaves objective. Trees whose best gain is below ``release_gain``
+        times this give their round's share to trees that can use it better."""
+        return (self.n + 1) ** self.g - self.n**self.g
+
+    def gains(self) -> list[float]:
+        """Objective gain of one more continuation at each anchor (contrast bonus excluded)."""
+        after, now = self._terms()
+        cf, cs = after * self.F, after * self.S
+        return [after - cf * pf - cs * ps - now for pf, ps in zip(self.pf, self.ps)]
 
     def best(self, max_per_anchor: int) -> tuple[float, int]:
         """(score, index) of the best open anchor; (-inf, -1) if none is open."""
-        c = self.n + 1
-        base = self.n * (1 - self.F - self.S + self.Z)
-        cf, cs = c * self.F, c * self.S
+        after, now = self._terms()
+        cf, cs = after * self.F, after * self.S
+        base = after - now
+        unit = self.price()  # contrast pairs are valued like leaves, with the same returns to size
         best, arg = NEG, -1
         for v, (pf, ps, bo, ic, jr) in enumerate(zip(self.pf, self.ps, self.bonus, self.inv_cost, self.j_round)):
             if jr < max_per_anchor:
-                sc = (c - cf * pf - cs * ps - base + bo) * ic
+                sc = (base - cf * pf - cs * ps + bo * unit) * ic
                 if sc > best:
                     best, arg = sc, v
         return best, arg
@@ -231,7 +251,7 @@ class TraceAllocator(Allocator):
             # Trees where even the best continuation is nearly worthless release this round's
             # share to a pool that trees with a high marginal gain draw from.
             for t, plan in enumerate(plans):
-                if max(plan.effective_gains(), default=NEG) < self.params.release_gain:
+                if max(plan.gains(), default=NEG) < self.params.release_gain * plan.price():
                     ctx.state.release_pool += k[t]
                     ctx.quota[plan.uid] -= k[t]
                     k[t] = 0
@@ -312,7 +332,7 @@ class TraceAllocator(Allocator):
             tree.uid, ids, a.tolist(), b.tolist(),
             (self.params.contrast_weight * (q * hf + (1 - q) * hs)).tolist(),
             (cost ** -self.params.cost_exponent).tolist(),
-            view.s[ROOT], view.f[ROOT],
+            view.s[ROOT], view.f[ROOT], self.params.mixed_weight, self.params.leaf_exponent,
         )
         # Leaves still in flight are draws we have not seen yet.
         flying = ctx.in_flight.get(tree.uid)

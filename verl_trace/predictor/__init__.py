@@ -23,6 +23,7 @@ def build_predictor(cfg: PredictorConfig, oracle: bool = False) -> Predictor:
         lr=cfg.lr,
         steps_per_update=cfg.steps_per_update,
         buffer_size=cfg.buffer_size,
+        replay_discount=cfg.replay_discount,
         seed=cfg.seed,
     )
     return shared if cfg.kind == "shared" else HybridPredictor(shared, beta, kappa_max=cfg.kappa_max)

@@ -40,12 +40,17 @@ class EnsemblePredictor(Predictor):
         batch_size: int = 256,
         buffer_size: int = 20_000,
         seed: int = 0,
+        replay_discount: float = 1.0,
     ):
         for name, v in [("members", members), ("hidden", hidden), ("batch_size", batch_size), ("buffer_size", buffer_size)]:
             if v < 1:
                 raise ValueError(f"predictor.{name} must be >= 1, got {v}")
         if steps_per_update < 0:
             raise ValueError("predictor.steps_per_update must be >= 0")
+        if not 0.0 < replay_discount <= 1.0:
+            raise ValueError(f"predictor.replay_discount must be in (0, 1], got {replay_discount}")
+        # A row from k updates ago weighs replay_discount ** k: the policy moved since (issue 15).
+        self.replay_discount = replay_discount
         self.members, self.hidden, self.lr, self.weight_decay = members, hidden, lr, weight_decay
         self.steps_per_update, self.batch_size, self.buffer_size = steps_per_update, batch_size, buffer_size
         self.seed = seed
@@ -56,6 +61,7 @@ class EnsemblePredictor(Predictor):
         self._bx = np.zeros((0, 0), np.float32)
         self._by = np.zeros(0, np.float32)
         self._bw = np.zeros(0, np.float32)  # row weights (AnchorBatch.weight; 1 when not given)
+        self._bt = np.zeros(0, np.int64)  # the update that added each row
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
         self.updates = 0
@@ -139,11 +145,15 @@ class EnsemblePredictor(Predictor):
         self._bx = np.concatenate([self._bx, x[keep].astype(np.float32)])[-self.buffer_size :]
         self._by = np.concatenate([self._by, y[keep].astype(np.float32)])[-self.buffer_size :]
         self._bw = np.concatenate([self._bw, w[keep].astype(np.float32)])[-self.buffer_size :]
+        self._bt = np.concatenate([self._bt, np.full(int(keep.sum()), self.updates)])[-self.buffer_size :]
         if not len(self._by):  # nothing to learn from yet
             return metrics
         self._mu = self._bx.mean(0)
         self._sd = self._bx.std(0) + 1e-3
-        bx, by, bw = self._norm(self._bx), torch.from_numpy(self._by), torch.from_numpy(self._bw)
+        bw = self._bw
+        if self.replay_discount < 1.0:
+            bw = bw * self.replay_discount ** (self.updates - self._bt).astype(np.float32)
+        bx, by, bw = self._norm(self._bx), torch.from_numpy(self._by), torch.from_numpy(np.asarray(bw, np.float32))
         n = by.shape[0]
         loss_val = float("nan")
         for _ in range(self.steps_per_update):
@@ -180,6 +190,7 @@ class EnsemblePredictor(Predictor):
             "buffer_x": self._bx.copy(),
             "buffer_y": self._by.copy(),
             "buffer_w": self._bw.copy(),
+            "buffer_t": self._bt.copy(),
             "mu": None if self._mu is None else self._mu.copy(),
             "sd": None if self._sd is None else self._sd.copy(),
             "rng": self._gen.get_state().clone(),
@@ -203,6 +214,7 @@ class EnsemblePredictor(Predictor):
         self._bx = np.asarray(state["buffer_x"], np.float32)
         self._by = np.asarray(state["buffer_y"], np.float32)
         self._bw = np.asarray(state.get("buffer_w", np.ones(len(self._by))), np.float32)
+        self._bt = np.asarray(state.get("buffer_t", np.full(len(self._by), self.updates)), np.int64)
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)
         self._sd = None if state["sd"] is None else np.asarray(state["sd"], np.float32)
         self._gen.set_state(state["rng"])

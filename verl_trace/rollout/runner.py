@@ -270,6 +270,9 @@ class TreeRolloutRunner:
         msgs = prompt.row["raw_prompt"]
         text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
         tree = RolloutTree(prompt.uid, (), text, key=prompt.key)
+        users = [m["content"] for m in msgs if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        if users:  # what the predictor's featurizer matches observations against (predictor/featurize.py)
+            tree.meta["question"] = users[-1]
         if self.on_node is not None:
             self.on_node(tree, ROOT)
         return tree
