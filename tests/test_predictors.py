@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,19 @@ def test_featurizer_sees_what_the_observations_contained():
     # Computed once: a node's vector is stored, and a second call returns it unchanged.
     again = fz.featurize(t, [deeper])
     np.testing.assert_array_equal(again[0], x[3])
+
+
+def test_quality_by_step_reads_a_runs_logged_calibration(tmp_path):
+    from verl_trace.predictor.calibration import quality_by_step
+
+    records = [{"step": i, "predictor/hybrid_brier": 0.25 - 0.01 * i, "predictor/hybrid_ece": 0.1,
+                "predictor/hybrid_auc": 0.5 + 0.05 * i} for i in range(6)]
+    records.insert(0, {"step": -1})  # a step with nothing logged is skipped
+    q = quality_by_step(records)
+    assert len(q["per_step"]) == 6 and q["steps"] == 7
+    assert q["after_first_third"]["auc"] == pytest.approx(np.mean([0.5 + 0.05 * i for i in range(3, 6)]))
+    report = tmp_path / "report.json"
+    report.write_text(__import__("json").dumps({"allocator": "trace", "curves": {"train": records}}))
+    out = subprocess.run([sys.executable, "benchmarks/predictor_quality.py", str(report)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and "after the first third" in out.stdout and "auc 0.700" in out.stdout
