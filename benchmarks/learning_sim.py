@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=("leaves", "tokens"), default=None, help="equal leaves (default) or equal generated tokens per step")
     ap.add_argument("--regime", choices=sorted(REGIMES), default="default")
     ap.add_argument("--runs", nargs="+", default=list(ALLOCATORS),
-                    help="LABEL=ALLOCATOR[:trace.section.key=value,...] (or just ALLOCATOR); must include uniform")
+                    help="LABEL=ALLOCATOR[:section.key=value,...] (or just ALLOCATOR): trace.* sections, or train.* "
+                         "for this run's own simulator settings; must include uniform")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="simulator settings, e.g. train.lr=0.1 task.gain=0.5")
     ap.add_argument("--quick", action="store_true", help="small sizes, for smoke tests (< 90 s)")
     ap.add_argument("--workers", type=int, default=1, help="processes (seeds run in parallel)")
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         specs.sort(key=lambda s: s.label != "uniform")
         for s in specs:  # fail on a bad override before anything runs
             trace_config(s, settings, settings.task.hops_max, 0)
+            if "train" in s.overrides and (s.label == "uniform" or set(s.overrides["train"]) & {"steps", "eval_every", "budget"}):
+                raise ValueError(f"--runs {s.label}: train overrides may not change the reference run or the horizon")
     except (ValueError, ValidationError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2

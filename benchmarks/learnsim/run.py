@@ -56,7 +56,8 @@ class Settings(_Strict):
 @dataclass(frozen=True)
 class RunSpec:
     """A labelled allocator with optional ``trace.*`` overrides (nested dicts, e.g.
-    ``{"allocation": {"pool_factor": 1.0}}``)."""
+    ``{"allocation": {"pool_factor": 1.0}}``); a ``train`` section overrides the simulator's
+    training settings for this run only (e.g. ``{"train": {"roots": 32, "leaves_per_root": 4}}``)."""
 
     label: str
     allocator: str
@@ -67,8 +68,16 @@ class RunSpec:
         return ESTIMATOR[self.allocator]
 
 
+def run_settings(spec: RunSpec, settings: Settings) -> Settings:
+    """The simulator settings of one run: the shared ones with the run's ``train`` overrides."""
+    over = spec.overrides.get("train")
+    if not over:
+        return settings
+    return Settings.model_validate({**settings.model_dump(), "train": {**settings.train.model_dump(), **over}})
+
+
 def trace_config(spec: RunSpec, settings: Settings, turns: int, seed: int) -> TraceConfig:
-    t = settings.train
+    t = run_settings(spec, settings).train
     raw: dict[str, Any] = {
         "allocator": spec.allocator,
         "max_turns": turns,
@@ -77,6 +86,8 @@ def trace_config(spec: RunSpec, settings: Settings, turns: int, seed: int) -> Tr
         "allocation": {"pool_factor": t.pool_factor},
     }
     for section, values in spec.overrides.items():
+        if section == "train":
+            continue
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
         else:
@@ -140,6 +151,7 @@ def run(spec: RunSpec, settings: Settings, seed: int, ref: Reference | None = No
     ``tokens`` each step's leaf budget is rescaled, from this run's own tokens per leaf so far, so
     that it generates about as many tokens as uniform did in that step."""
     torch.manual_seed(seed)
+    settings = run_settings(spec, settings)
     st = settings.train
     task = Task(settings.task, seed)
     policy = SoftmaxPolicy(task, seed, st.init_scale, st.init_alignment)

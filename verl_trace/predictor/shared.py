@@ -112,32 +112,39 @@ class EnsemblePredictor(Predictor):
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """(n, d) -> (members, n) probabilities. Inference runs in numpy on a copy of the weights
-        taken after each update, with all members' first layers as one (d, members * hidden)
-        GEMM: the planner predicts a handful of anchors at a time, where torch's per-op dispatch
+        taken after each update: the input normalization folded into the first layer, all members'
+        first layers as one (d, members * hidden) GEMM and their second layers as one block-diagonal
+        GEMM. The planner predicts a handful of anchors at a time, where torch's per-op dispatch
         costs more than the arithmetic, and the trainer tens of thousands, where one GEMM wins."""
         if self._np is None:
             p = {k: v.detach().numpy() for k, v in self.params.items()}
             k, d, h = p["w1"].shape
-            self._np = {
-                "w1": np.ascontiguousarray(p["w1"].transpose(1, 0, 2).reshape(d, k * h)),
-                "b1": p["b1"].reshape(k * h).copy(),
-                "w2": p["w2"].reshape(k, h).copy(),
-                "b2": p["b2"].reshape(k).astype(np.float64),
-            }
+            w1 = p["w1"].transpose(1, 0, 2).reshape(d, k * h).astype(np.float64)
+            b1 = p["b1"].reshape(k * h).astype(np.float64)
+            if self._mu is not None:  # fold the input normalization into the first layer, once
+                w1 = w1 / self._sd.astype(np.float64)[:, None]
+                b1 = b1 - self._mu.astype(np.float64) @ w1
+            # block-diagonal second layer: all members' logits in one GEMM, (k * h, k)
+            w2 = np.zeros((k * h, k), np.float32)
+            for m in range(k):
+                w2[m * h : (m + 1) * h, m] = p["w2"][m, :, 0]
+            self._np = {"w1": np.ascontiguousarray(w1, np.float32), "b1": b1.astype(np.float32), "w2": w2,
+                        "b2": p["b2"].reshape(k).astype(np.float64)}
         w = self._np
-        if self._mu is not None:
-            x = (x - self._mu) / self._sd
-        h = np.maximum(x.astype(np.float32, copy=False) @ w["w1"] + w["b1"], 0.0)
-        k = w["w2"].shape[0]
-        logits = np.einsum("nkh,kh->kn", h.reshape(len(x), k, -1), w["w2"]).astype(np.float64) + w["b2"][:, None]
+        h = x.astype(np.float32, copy=False) @ w["w1"]
+        h += w["b1"]
+        np.maximum(h, 0.0, out=h)
+        logits = (h @ w["w2"]).T.astype(np.float64) + w["b2"][:, None]
         return sigmoid(logits)
 
-    def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
+    def update(self, anchors: AnchorBatch, outcomes: np.ndarray, before: Prediction | None = None) -> dict[str, float]:
+        """``before``: this model's prediction for ``anchors`` if the caller already made it (the
+        hybrid does), so the calibration report does not run the forward pass twice."""
         y = check_outcomes(anchors, outcomes)
         if not len(anchors):
             return {}
         x = self._features(anchors)
-        metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/shared_")
+        metrics = calibration_report((self.predict(anchors) if before is None else before).p, y, prefix="predictor/shared_")
         if self.dim is None:
             self._build(x.shape[1])
         w = np.ones(len(y)) if anchors.weight is None else anchors.weight
