@@ -22,15 +22,20 @@ LAYERS = {
     "verl_trace.allocation": 3,
     "verl_trace.advantage": 4,
     "verl_trace.metrics": 4,
-    "verl_trace.plugin": 4,  # verl's plugin entry point: registers the estimators
+    "verl_trace.plugin": 5,  # verl's plugin entry point: the estimators and, with VERL_TRACE_CPU, the CPU platform
     "verl_trace.rollout": 5,
+    "verl_trace.cpu": 5,  # verl's cpu platform and the hf rollout backend (VERL_TRACE_CPU)
     "verl_trace.trainer": 6,
     "verl_trace.main_trace": 6,
     "verl_trace.__main__": 6,  # python -m verl_trace doctor
     "verl_trace.tools": 7,
     "verl_trace.rewards": 7,
+    "verl_trace.tasks": 7,  # task objects: tools config, reward, data, scripted teacher (bfcl, math)
     "verl_trace.testing": 7,  # scripted policy, arithmetic toy task, tiny model: tests and the demo
     "verl_trace.demo": 8,
+    "verl_trace.cpu.prepare": 8,  # the CPU run's assets: the demo's world, model and warm start
+    "verl_trace.cpu.job": 8,  # main_trace on CPU as a child process, for drivers (demo, tests)
+    "verl_trace.cpu.run": 8,  # python -m verl_trace.cpu.run
 }
 CORE_ALGOS = "verl.trainer.ppo.core_algos"
 

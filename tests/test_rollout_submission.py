@@ -1,34 +1,64 @@
-"""How a training submission is shared among TRACE rollout workers and gathered by one of them
-(no Ray: the Ray worker itself is tested in tests/trainer/test_rollout_worker.py)."""
+"""How a training submission's roots are chosen from the whole pool and how one worker gathers
+its chunk (no Ray: the Ray worker and manager are tested in tests/trainer/test_rollout_worker.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from verl_trace.allocation import worker_budget
+from verl_trace.allocation import Budget, worker_budget
 from verl_trace.config import TraceConfig
-from verl_trace.rollout.submission import Submission, prompt_key, split_roots
+from verl_trace.predictor import build_featurizer, build_predictor
+from verl_trace.rollout.runner import TreePrompt, build_planner
+from verl_trace.rollout.submission import Submission, choose_roots, pool_seed, prompt_key
 from verl_trace.testing.arithmetic import task_row
 
 
-@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=8), data=st.data())
-def test_root_shares_add_up_fit_their_chunks_and_follow_chunk_size(sizes, data):
-    n_roots = data.draw(st.integers(0, sum(sizes)))
-    shares = split_roots(n_roots, sizes)
-    assert sum(shares) == n_roots
-    assert all(0 <= r <= s for r, s in zip(shares, sizes))
-    exact = [n_roots * s / max(1, sum(sizes)) for s in sizes]
-    assert all(abs(r - e) < 1 for r, e in zip(shares, exact))
+def _pool(n: int) -> list[TreePrompt]:
+    return [TreePrompt(f"u{i}", task_row(i, 3 * i % 7), key=prompt_key(task_row(i, 3 * i % 7))) for i in range(n)]
 
 
-def test_root_shares_of_verls_chunking():
-    assert split_roots(3, [3, 3]) == [2, 1]  # ties go to the earlier chunk
-    assert split_roots(4, [2, 2, 2]) == [2, 1, 1]
-    assert split_roots(6, [2, 2, 2]) == [2, 2, 2]  # no pool: every prompt is a root
-    with pytest.raises(ValueError, match="trace_n_roots"):
-        split_roots(7, [3, 3])
+def _trained_predictor(cfg: TraceConfig, pool: list[TreePrompt]):
+    """A shared predictor that has seen outcomes for half the pool's prompts, so its estimates differ."""
+    predictor = build_predictor(cfg.predictor)
+    featurizer = build_featurizer(cfg.predictor, cfg.max_turns)
+    trees = [p.root_tree() for p in pool[::2]]
+    from verl_trace.allocation.base import anchor_key
+    from verl_trace.predictor.base import AnchorBatch
+
+    feats = np.concatenate([featurizer.featurize(t, [0]) for t in trees])
+    batch = AnchorBatch(keys=[anchor_key(t, 0) for t in trees], features=feats)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        predictor.update(batch, (rng.random(len(trees)) < 0.5).astype(float))
+    return predictor, featurizer
+
+
+@pytest.mark.parametrize("allocator", ["trace", "prompt", "uniform"])
+def test_global_choice_is_one_planners_choice(allocator):
+    cfg = TraceConfig.model_validate({"allocator": allocator, "max_turns": 3, "budget": {"leaves_per_prompt": 4}})
+    pool = _pool(12)
+    predictor, featurizer = _trained_predictor(cfg, pool)
+    budget = Budget(leaves=4 * 4)
+    choice = choose_roots(cfg, [p.root_tree() for p in pool], n_roots=4, budget=budget, predictor=predictor, featurizer=featurizer,
+                          rng=np.random.default_rng(pool_seed(cfg.seed, 3, [p.uid for p in pool])))
+    single = build_planner(cfg, n_roots=4, budget=budget, max_turns=3, predictor=predictor, featurizer=featurizer,
+                           rng=np.random.default_rng(pool_seed(cfg.seed, 3, [p.uid for p in pool])))
+    single.start([p.root_tree() for p in pool])
+    assert choice.roots == [u for u in (p.uid for p in pool) if u in single.ctx.trees]
+    assert len(choice.roots) == 4
+    assert choice.metrics["trace/pool/prompts"] == 12 and choice.metrics["trace/pool/roots"] == 4
+    if allocator == "uniform":
+        assert choice.roots == ["u0", "u1", "u2", "u3"] and "trace/pool/p_hat/mean" not in choice.metrics
+    else:
+        m = choice.metrics
+        assert m["trace/pool/p_hat/min"] <= m["trace/pool/root_p_hat/mean"] <= m["trace/pool/p_hat/max"]
+
+
+def test_choice_needs_enough_prompts():
+    cfg = TraceConfig.model_validate({"allocator": "uniform", "max_turns": 3})
+    with pytest.raises(ValueError, match="fewer than the 5 roots"):
+        choose_roots(cfg, [p.root_tree() for p in _pool(3)], n_roots=5, budget=Budget(leaves=20))
 
 
 def test_worker_budget_shares_the_token_cap():

@@ -45,6 +45,15 @@ def doctor() -> int:
                 print(f"advantage estimator {name!r}: NOT REGISTERED ({e})")
                 ok = False
         print(f"all estimators: {sorted(ADV_ESTIMATOR_REGISTRY)}")
+        from verl.plugin.platform import get_platform
+
+        from . import cpu
+
+        device = get_platform().device_name
+        print(f"{cpu.ENV_VAR}={os.getenv(cpu.ENV_VAR, '')!s}: verl's platform is {device!r}")
+        if cpu.enabled() and device != "cpu":
+            print(f"  {cpu.ENV_VAR} is set but verl's platform is not 'cpu': the plugin did not load first")
+            ok = False
     except Exception:
         print("import verl: FAILS")
         traceback.print_exc()

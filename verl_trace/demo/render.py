@@ -15,16 +15,38 @@ from ..tree import ROOT, LeafStatus, Node, RolloutTree
 
 _QUERY = re.compile(r'"query_list": \[(.*?)\]')
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+_BOXED = "\\boxed{"
 GREEN, RED, GREY, BLUE = "#2e7d32", "#c62828", "#9e9e9e", "#1565c0"
 
 
+def _call_label(raw: str) -> str:
+    """``name(value)`` or ``name(k=v, ...)`` for one hermes tool call (the raw JSON if unparsable)."""
+    try:
+        call = json.loads(raw)
+        name, args = call["name"], call.get("arguments") or {}
+    except (ValueError, KeyError, TypeError):
+        return raw
+    if not isinstance(args, dict):
+        return f"{name}({args})"
+    if len(args) == 1:
+        (value,) = args.values()
+        return f"{name}({value if isinstance(value, str) else json.dumps(value)})"
+    return f"{name}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items()) + ")"
+
+
 def turn_label(node: Node, width: int = 22) -> str:
-    """A short name for a turn: ``search: X``, ``answer: X`` or the start of its text."""
+    """A short name for a turn: ``search: X``, ``answer: X``, the tool calls as ``name(args)``,
+    or the start of its text."""
     text = node.text or ""
     if (m := _ANSWER.search(text)) is not None:
         label = f"answer: {m[1].strip()}"
     elif (m := _QUERY.search(text)) is not None:
         label = "search: " + ", ".join(q.strip().strip('"') for q in m[1].split('",'))
+    elif calls := _CALL.findall(text):
+        label = "; ".join(_call_label(c) for c in calls).replace("\n", " ")
+    elif _BOXED in text:
+        label = "answer: " + text[text.rindex(_BOXED) + len(_BOXED):].split("}", 1)[0]
     else:
         label = text.strip().replace("\n", " ") or "(empty)"
     return label if len(label) <= width else label[: width - 1] + "…"

@@ -11,15 +11,20 @@ state handlers around it:
   the copy and jumps straight to generation, so verl's unmodified ``run()`` finishes the
   trajectory and the continuation reproduces the prefix token for token (ids, mask, logprobs);
 * it records the turn structure (:class:`TurnRecord`) the rollout tree is built from, and counts
-  tool errors, timeouts and malformed tool calls per turn.
+  tool errors, timeouts and malformed tool calls per turn;
+* it plays multi-turn conversations: when the dataset row lists later user messages
+  (``extra_info["user_turns"]``, see :data:`USER_TURNS_KEY`) and the model ends its turn without a
+  tool call, the next user message is merged like a tool observation (mask 0) and generation goes
+  on, so each user turn after the first is the observation of the turn that precedes it.
 
 What a snapshot holds, and why tools are not in it: verl gives each loop the worker's shared tool
 objects and calls ``tool.create()``/``release()`` around every single call, so a tool instance
 never outlives one call and holds no trajectory state. Snapshots therefore leave the tool objects
 out (the resuming loop brings its own references to the same tools). Per-trajectory tool state
-must live where verl tells tools to keep it, ``agent_data.extra_fields`` (tools receive
-``agent_data``); that dict is deep-copied into every snapshot, so each branch continues with its
-own copy. ``metrics`` (timings) are also left out, so a branch reports only its own time.
+must live on ``agent_data`` (tools receive it): small records for the reward in
+``agent_data.extra_fields``, environment objects in :func:`.tool_state.tool_state`. Both are
+deep-copied into every snapshot and again for every branch, so each branch continues with its own
+copy. ``metrics`` (timings) are also left out, so a branch reports only its own time.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ from .engine import ENTROPY_KEY, EngineError, vllm_max_tokens
 logger = logging.getLogger(__name__)
 
 AGENT_NAME = "trace_agent"
+# Dataset row, ``extra_info[USER_TURNS_KEY]``: the user turns after the one in ``raw_prompt``, each
+# a list of messages (usually one ``{"role": "user", "content": ...}``).
+USER_TURNS_KEY = "user_turns"
+# ``extra_fields[PENDING_USER_TURNS]`` (rows with user turns only): user turns never delivered,
+# because the trajectory hit a length or turn limit first. A reward should fail such a leaf.
+PENDING_USER_TURNS = "pending_user_turns"
 
 # AgentData attributes a snapshot leaves out (see the module docstring).
 _NOT_SNAPSHOTTED = frozenset({"_active_tools", "_active_tool_schemas", "metrics"})
@@ -208,6 +219,7 @@ class TraceToolAgentLoop(ToolAgentLoop):
         self.server_manager = _RecordingClient(self.server_manager)
         self.result = LoopResult()
         self._resume_from: AgentSnapshot | None = None
+        self._user_turns: list[list[dict[str, Any]]] | None = None
         self._running = False
 
     # ------------------------------------------------------------------ entry points
@@ -217,6 +229,7 @@ class TraceToolAgentLoop(ToolAgentLoop):
             raise RuntimeError("a TraceToolAgentLoop runs one trajectory at a time; build one loop per run")
         self._running = True
         self.result = LoopResult(start_boundary=0 if self._resume_from is None else self._resume_from.boundary)
+        self._user_turns = user_turns(kwargs.get("extra_info"))
         try:
             output = await super().run(sampling_params, **kwargs)
             await self._finish()
@@ -252,6 +265,7 @@ class TraceToolAgentLoop(ToolAgentLoop):
         state = await super()._handle_pending_state(agent_data, sampling_params)
         agent_data.trace_turns = []
         agent_data.trace_open = None
+        agent_data.trace_user_turns = self._user_turns  # None: a single-turn conversation
         self.result.snapshots.append(AgentSnapshot.capture(agent_data, 0))
         return state
 
@@ -274,7 +288,41 @@ class TraceToolAgentLoop(ToolAgentLoop):
         malformed = self._malformed_calls(ids, calls)
         turn.error_kinds += ["malformed_tool_call"] * malformed
         agent_data.trace_open = turn
+        pending = getattr(agent_data, "trace_user_turns", None)
+        if pending is not None:
+            ended_turn = state == AgentState.TERMINATED and len(agent_data.messages) > n_messages and not calls
+            if ended_turn and pending:
+                state = await self._deliver_user_turn(agent_data)
+            # verl fills extra_fields from the first generation only while it is empty: set after it
+            agent_data.extra_fields[PENDING_USER_TURNS] = len(agent_data.trace_user_turns)
         return state
+
+    async def _deliver_user_turn(self, agent_data: AgentData) -> AgentState:
+        """Merge the next user turn as the observation of the turn the model just ended (mask 0),
+        like verl merges tool messages; end the trajectory instead if it would not fit."""
+        previous = list(agent_data.messages)
+        messages = previous + agent_data.trace_user_turns[0]
+        merged, mask, logprobs = await self.ct_merge_context_msg(
+            previous,
+            messages,
+            agent_data.prompt_ids,
+            agent_data.response_mask,
+            agent_data.response_logprobs or None,
+            tools=getattr(agent_data, "_active_tool_schemas", self.tool_schemas),
+        )
+        if len(mask) >= self.response_length:
+            return AgentState.TERMINATED
+        turn = agent_data.trace_user_turns.pop(0)
+        agent_data.messages = messages
+        agent_data.prompt_ids = merged.token_ids
+        agent_data.response_mask = mask
+        if agent_data.response_logprobs:
+            agent_data.response_logprobs = logprobs or []
+        agent_data.user_turns += 1
+        agent_data.trace_open.obs_text = "\n".join(m["content"] for m in turn)
+        self._close_turn(agent_data)
+        self.result.snapshots.append(AgentSnapshot.capture(agent_data, len(agent_data.trace_turns)))
+        return AgentState.GENERATING
 
     async def _handle_processing_tools_state(self, agent_data: AgentData) -> AgentState:
         n_messages = len(agent_data.messages)
@@ -312,7 +360,12 @@ class TraceToolAgentLoop(ToolAgentLoop):
         if ad.trace_open is not None:
             self._close_turn(ad)
         last = ad.trace_turns[-1]
-        truncated = len(ad.response_mask) >= self.response_length or not last.stopped or last.tool_calls > 0
+        truncated = (
+            len(ad.response_mask) >= self.response_length
+            or not last.stopped
+            or last.tool_calls > 0
+            or bool(getattr(ad, "trace_user_turns", None))  # the conversation was cut before its last user turn
+        )
         self.result.status = LeafStatus.TRUNCATED if truncated else LeafStatus.OK
 
     def _close_turn(self, agent_data: AgentData) -> None:
@@ -346,6 +399,25 @@ class TraceToolAgentLoop(ToolAgentLoop):
         if not tag:
             return 0
         return max(0, self.tokenizer.decode(ids, skip_special_tokens=False).count(tag) - len(calls))
+
+
+def user_turns(extra_info: Any) -> list[list[dict[str, Any]]] | None:
+    """The row's later user turns (``extra_info["user_turns"]``), checked; None when absent."""
+    turns = (extra_info or {}).get(USER_TURNS_KEY) if isinstance(extra_info, dict) else None
+    if turns is None:
+        return None
+    where = f"extra_info[{USER_TURNS_KEY!r}]"
+    if isinstance(turns, str | bytes) or not hasattr(turns, "__iter__"):
+        raise ValueError(f"{where} must be a list of turns (lists of messages), got {type(turns).__name__}")
+    out = []
+    for i, turn in enumerate(turns):
+        if isinstance(turn, dict | str) or not hasattr(turn, "__iter__"):
+            raise ValueError(f"{where}[{i}] must be a list of messages, got {type(turn).__name__}")
+        messages = [dict(m) for m in turn]
+        if not messages or any(m.get("role") != "user" or not isinstance(m.get("content"), str) for m in messages):
+            raise ValueError(f"{where}[{i}] must hold one or more {{'role': 'user', 'content': str}} messages, got {messages}")
+        out.append([{"role": "user", "content": m["content"]} for m in messages])
+    return out
 
 
 def _precheck(tool_call: FunctionCall, tools: dict[str, Any]) -> str | None:

@@ -22,11 +22,13 @@ def compute_score_reward(compute_score: Callable[..., Any], tokenizer: Any) -> R
     """Adapt a verl ``compute_score(data_source, solution_str, ground_truth, extra_info)`` (sync or
     async, e.g. ``verl.utils.reward_score.default_compute_score`` or a custom reward function)
     the way verl's ``NaiveRewardManager`` calls it: the whole response, tool tokens included,
-    decoded without special tokens; the ground truth from ``row['reward_model']``."""
+    decoded without special tokens; the ground truth from ``row['reward_model']``; ``extra_info``
+    is the row's updated with the trajectory's ``extra_fields`` (verl's ``tool_extra_fields``)."""
 
     async def reward(output: AgentLoopOutput, row: Mapping[str, Any]) -> float | dict[str, Any]:
         text = tokenizer.decode(output.response_ids, skip_special_tokens=True)
         extra_info = dict(row.get("extra_info") or {})
+        extra_info.update(output.extra_fields)  # verl's reward managers add the trajectory's fields too
         extra_info["num_turns"] = output.num_turns
         kwargs = {
             "data_source": row.get("data_source"),

@@ -68,6 +68,17 @@ class TreePrompt:
         if "raw_prompt" not in self.row:
             raise ValueError(f"prompt {self.uid}: row needs a 'raw_prompt' (list of chat messages)")
 
+    def root_tree(self) -> RolloutTree:
+        """A tree holding only this prompt as its root (the text is the messages' contents: what
+        featurizers read; tokens come with the first turn)."""
+        msgs = self.row["raw_prompt"]
+        text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
+        tree = RolloutTree(self.uid, (), text, key=self.key)
+        users = [m["content"] for m in msgs if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        if users:  # what the predictor's featurizer matches observations against (predictor/featurize.py)
+            tree.meta["question"] = users[-1]
+        return tree
+
 
 @dataclass
 class LeafOutput:
@@ -267,12 +278,7 @@ class TreeRolloutRunner:
         return launches
 
     def _new_tree(self, prompt: TreePrompt) -> RolloutTree:
-        msgs = prompt.row["raw_prompt"]
-        text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
-        tree = RolloutTree(prompt.uid, (), text, key=prompt.key)
-        users = [m["content"] for m in msgs if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        if users:  # what the predictor's featurizer matches observations against (predictor/featurize.py)
-            tree.meta["question"] = users[-1]
+        tree = prompt.root_tree()
         if self.on_node is not None:
             self.on_node(tree, ROOT)
         return tree

@@ -1,41 +1,77 @@
-"""One training submission of the TRACE rollout: how its roots are shared among rollout workers,
-and how one worker gathers its chunk of prompts into the candidate pool of one planner.
+"""One training submission of the TRACE rollout: how its roots are chosen from the whole
+candidate pool, and how one worker gathers its chunk of prompts into one planner's pool.
 
-verl's manager hands every worker a chunk of the trainer's prompt batch, and the worker's
-``generate_sequences`` starts one ``_run_prompt`` per prompt. The TRACE worker keeps that path
-(verl builds the prompt rows and the sampling parameters) and lets each ``_run_prompt`` add its
-row to a :class:`Submission`; the prompt that completes the pool runs the submission's planner.
+The trainer submits a candidate pool (``trace.allocation.pool_factor`` times the batch) and asks
+for ``protocol.ROOTS_KEY`` roots. The manager chooses them once, over the whole pool
+(``choose_roots``: the allocator's own ``select_roots``, as a single planner would), deletes the
+rest and hands each worker a chunk of roots only. verl's manager hands every worker a chunk of
+the trainer's prompt batch, and the worker's ``generate_sequences`` starts one ``_run_prompt``
+per prompt. The TRACE worker keeps that path (verl builds the prompt rows and the sampling
+parameters) and lets each ``_run_prompt`` add its row to a :class:`Submission`; the prompt that
+completes the chunk runs the submission's planner.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import ROOTS_KEY
-from .runner import TreePrompt
+import numpy as np
+
+from ..allocation import Budget
+from ..config import TraceConfig
+from ..predictor import AnchorFeaturizer, Predictor
+from ..tree import RolloutTree
+from .runner import TreePrompt, build_planner
 
 # verl's per-prompt overrides of rollout.n and sampling (REMAX); the tree budget decides instead.
 VERL_PROMPT_OVERRIDES = ("__rollout_n__", "__do_sample__")
 
 
-def split_roots(n_roots: int, chunk_sizes: Sequence[int]) -> list[int]:
-    """Each chunk's share of ``n_roots``, proportional to its size (largest remainder first, ties
-    to the earlier chunk): the shares add up to ``n_roots`` exactly and none exceeds its chunk."""
-    total = sum(chunk_sizes)
-    if not 0 <= n_roots <= total:
-        raise ValueError(f"{ROOTS_KEY}: {n_roots} roots cannot be chosen from a pool of {total} prompts")
-    if total == 0:
-        return [0] * len(chunk_sizes)
-    parts = [divmod(n_roots * size, total) for size in chunk_sizes]
-    shares = [q for q, _ in parts]
-    by_remainder = sorted(range(len(parts)), key=lambda i: -parts[i][1])
-    for i in by_remainder[: n_roots - sum(shares)]:
-        shares[i] += 1
-    return shares
+@dataclass
+class RootChoice:
+    """The roots chosen from a candidate pool, in pool order, and what the choice saw."""
+
+    roots: list[str]
+    metrics: dict[str, float]
+
+
+def choose_roots(
+    cfg: TraceConfig, pool: Sequence[RolloutTree], *, n_roots: int, budget: Budget,
+    predictor: Predictor | None = None, featurizer: AnchorFeaturizer | None = None,
+    rng: np.random.Generator | None = None,
+) -> RootChoice:  # fmt: skip
+    """``n_roots`` of the root-only trees ``pool`` chosen by ``cfg.allocator``'s global root
+    allocation over the whole pool: exactly what one planner of the step would choose
+    (``TreePlanner.choose_roots`` on a planner built like a worker's, with the step's budget).
+    Metrics ``trace/pool/*``: the pool, and the predictor's success estimates for it and for the
+    chosen roots when it made any."""
+    planner = build_planner(
+        cfg, n_roots=n_roots, budget=budget, max_turns=cfg.max_turns, predictor=predictor, featurizer=featurizer,
+        rng=rng,
+    )  # fmt: skip
+    chosen = planner.choose_roots(pool)
+    roots = [t.uid for t in pool if t.uid in chosen]
+    metrics = {"trace/pool/prompts": float(len(pool)), "trace/pool/roots": float(len(roots)),
+               "trace/pool/select_seconds": planner.plan_seconds}
+    p_hat = {t.uid: t.root.meta["p_hat"] for t in pool if "p_hat" in t.root.meta}
+    if p_hat:
+        values = np.array(list(p_hat.values()))
+        picked = np.array([p_hat[u] for u in roots if u in p_hat])
+        metrics.update({"trace/pool/p_hat/mean": float(values.mean()), "trace/pool/p_hat/min": float(values.min()),
+                        "trace/pool/p_hat/max": float(values.max())})
+        if picked.size:
+            metrics["trace/pool/root_p_hat/mean"] = float(picked.mean())
+    return RootChoice(roots, metrics)
+
+
+def pool_seed(base: int, global_steps: int, uids: Iterable[str]) -> list[int]:
+    """A planner's RNG seed: the job's ``trace.seed``, the step and the pool's uids."""
+    digest = hashlib.blake2b("|".join(sorted(uids)).encode(), digest_size=4).digest()
+    return [base, global_steps, int.from_bytes(digest, "little")]
 
 
 def prompt_key(row: dict[str, Any]) -> str:
@@ -87,6 +123,5 @@ class Submission:
         return unused[:short], unused[short:]
 
     def seed(self, base: int) -> list[int]:
-        """Planner RNG seed: the job's ``trace.seed``, the step and the pool's uids."""
-        digest = hashlib.blake2b("|".join(sorted(self.rows)).encode(), digest_size=4).digest()
-        return [base, self.global_steps, int.from_bytes(digest, "little")]
+        """Planner RNG seed: the job's ``trace.seed``, the step and the chunk's uids."""
+        return pool_seed(base, self.global_steps, self.rows)

@@ -3,21 +3,22 @@ workers (``actor_rollout_ref.rollout.agent.agent_loop_manager_class`` names the 
 
 verl's ``AgentLoopManagerTQ`` splits each prompt batch among ``AgentLoopWorkerTQ`` actors, which
 run ``rollout.n`` independent agent loops per prompt and write every trajectory to TransferQueue.
-The TRACE manager splits a training batch the same way and also splits its roots
-(``protocol.ROOTS_KEY``) among the workers in proportion to their chunks (``split_roots``), so the
-shares add up to exactly the roots the trainer asked for. Each worker then runs ONE
-``TreePlanner`` over its chunk (the chunk is its candidate pool) through ``TreeRolloutRunner``,
-with the worker's own LLM client (one sticky request id per tree keeps its branches on one
-server), tools and reward path, and afterwards:
+The TRACE manager first chooses a training batch's roots (``protocol.ROOTS_KEY`` of them) from the
+whole candidate pool with the allocator's global root allocation (``submission.choose_roots``:
+the choice one planner over the pool would make), deletes the other prompts from TransferQueue,
+and splits the roots among the workers the way verl splits a batch. Each worker then runs ONE
+``TreePlanner`` over its roots through ``TreeRolloutRunner``, with the worker's own LLM client
+(one sticky request id per tree keeps its branches on one server), tools and reward path, and
+afterwards:
 
 1. puts the step's ``trace/*`` and ``plan/*`` metrics into TransferQueue
-   (``protocol.METRICS_PARTITION``; the trainer merges and logs them);
+   (``protocol.METRICS_PARTITION``; the trainer merges and logs them, with the manager's
+   ``trace/pool/*``);
 2. queues the finished trees at the job's shared predictor (for allocators that use one), which
    trains on them while the trainer works, off the step's critical path;
-3. deletes the prompts it did not choose as roots (``tq.kv_clear``), writes every leaf of every
-   tree with verl's own ``_agent_loop_postprocess`` (key ``{uid}_{session}_0``, one session per
-   leaf, ``extra_fields["trace"]``), and marks each root's prompt ``finished`` once all its leaves
-   are in.
+3. writes every leaf of every tree with verl's own ``_agent_loop_postprocess`` (key
+   ``{uid}_{session}_0``, one session per leaf, ``extra_fields["trace"]``), and marks each root's
+   prompt ``finished`` once all its leaves are in.
 
 Validation batches take verl's own path: ``val_kwargs.n`` plain chains per prompt.
 """
@@ -33,13 +34,14 @@ from typing import Any
 import hydra
 import numpy as np
 import ray
+import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, _agent_loop_registry
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.utils import tensordict_utils as tu
 
-from ..allocation import allocator_class, worker_budget
+from ..allocation import allocator_class, step_budget, worker_budget
 from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
 from ..predictor.service import RemotePredictor, get_predictor_actor
@@ -47,8 +49,8 @@ from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
 from ..tree import LeafStatus
 from .agent_loop import TraceToolAgentLoop
 from .reward import RewardFn, compute_score_reward
-from .runner import LeafOutput, StepResult, TreeRolloutRunner, build_planner
-from .submission import Submission, split_roots
+from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner
+from .submission import Submission, choose_roots, pool_seed, prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -269,19 +271,49 @@ TraceAgentLoopWorkerActor = ray.remote(TraceAgentLoopWorker)
 
 
 class TraceAgentLoopManager(AgentLoopManagerTQ):
-    """verl's TransferQueue agent-loop manager with TRACE workers; a training batch's roots
-    (``protocol.ROOTS_KEY``) are shared among the workers in proportion to their chunks."""
+    """verl's TransferQueue agent-loop manager with TRACE workers. A training batch's roots
+    (``protocol.ROOTS_KEY``) are chosen from the whole pool here, then split among the workers."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.agent_loop_workers_class = TraceAgentLoopWorkerActor  # verl's __init__ sets its own
+        self.trace_config = load_trace_config(self.config.get("trace"))
+        self.predictor = None
+        self.featurizer = None
+        if allocator_class(self.trace_config.allocator).needs_predictor:
+            # This runs in the trainer's thread, not on an event loop: the predictor answers through ray.get.
+            self.predictor = RemotePredictor(get_predictor_actor())
+            self.featurizer = build_featurizer(self.trace_config.predictor, self.trace_config.max_turns)
 
     def generate_sequences(self, prompts: TensorDict) -> None:
         if ROOTS_KEY not in prompts.keys():  # validation (or a trainer without a pool): verl's split
             return super().generate_sequences(prompts)
         n_roots = int(tu.get(prompts, ROOTS_KEY))
-        chunks = prompts.chunk(len(self.agent_loop_workers))
-        for chunk, share in zip(chunks, split_roots(n_roots, [len(c) for c in chunks]), strict=True):
-            tu.assign_non_tensor_data(chunk, ROOTS_KEY, share)
+        if n_roots < len(prompts):
+            prompts = self.choose_roots(prompts, n_roots)
+        chunks = prompts.chunk(len(self.agent_loop_workers))  # as verl's manager: fewer roots, fewer workers
+        for chunk in chunks:
+            tu.assign_non_tensor_data(chunk, ROOTS_KEY, len(chunk))  # every prompt of a chunk is a root
             tu.assign_non_tensor_data(chunk, STEP_ROOTS_KEY, n_roots)
         ray.get([worker.generate_sequences.remote(chunk) for worker, chunk in zip(self.agent_loop_workers, chunks)])
+
+    def choose_roots(self, prompts: TensorDict, n_roots: int) -> TensorDict:
+        """The pool's rows chosen as roots (pool order); the others are deleted from TransferQueue
+        (a pool prompt left there would count as a group for verl's ReplayBuffer)."""
+        uids = [str(u) for u in tu.get(prompts, "uid")]
+        raw = tu.get(prompts, "raw_prompt")
+        steps = tu.get(prompts, "global_steps")
+        step = int(steps[0] if isinstance(steps, list | torch.Tensor) else steps)
+        pool = [TreePrompt(uid, {"raw_prompt": m}, key=prompt_key({"raw_prompt": m})).root_tree() for uid, m in zip(uids, raw)]
+        tc, rollout = self.trace_config, self.config.actor_rollout_ref.rollout
+        budget = step_budget(tc, n_roots=n_roots, rollout_n=rollout.n, response_length=rollout.response_length)
+        choice = choose_roots(tc, pool, n_roots=n_roots, budget=budget, predictor=self.predictor,
+                              featurizer=self.featurizer, rng=np.random.default_rng(pool_seed(tc.seed, step, uids)))
+        chosen = set(choice.roots)
+        unused = [u for u in uids if u not in chosen]
+        if unused:
+            tq.kv_clear(keys=unused, partition_id="train")
+        tq.kv_put(key=f"step{step}-pool-{uuid.uuid4().hex}", partition_id=METRICS_PARTITION,
+                  tag={k: float(v) for k, v in choice.metrics.items()})
+        logger.info("TRACE step %d: chose %d roots from a pool of %d", step, len(chosen), len(uids))
+        return tu.index_select_tensor_dict(prompts, [i for i, u in enumerate(uids) if u in chosen])

@@ -29,6 +29,9 @@ aiohttp's throughput here (encode/httpx#3215; numbers in docs/benchmarks.md).
 
 from __future__ import annotations
 
+from . import search_extra  # noqa: F401  (first: checks the optional packages below)
+
+# isort: split
 import asyncio
 import json
 import random

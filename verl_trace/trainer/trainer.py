@@ -12,14 +12,16 @@ runs verl's unchanged ``TaskRunnerV1.run``. The overrides:
 * ``step``: adds the TRACE rollout's metrics (``pop_rollout_metrics``) and the shared predictor's
   calibration metrics to the step's metrics.
 * ``_save_checkpoint`` / ``_load_checkpoint``: the predictor's state goes into the same
-  ``global_step_N`` folder as verl's checkpoint (written before verl marks the folder as the latest)
-  and comes back on resume.
+  ``global_step_N`` folder as verl's checkpoint (written before verl marks the folder as the latest),
+  follows ``trainer.max_actor_ckpt_to_keep`` and ``trainer.default_hdfs_dir`` like the actor's
+  (``predictor_checkpoint``) and comes back on resume.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -30,9 +32,11 @@ from ..metrics import merge_step_metrics
 from ..predictor.service import create_predictor_actor, load_predictor, save_predictor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY
 from .config_check import TREE_ESTIMATORS, uses_trace_rollout
+from .predictor_checkpoint import PredictorFileRetention, copy_to_hdfs, max_to_keep
 from .tree_advantage import bound_estimator, fetch_tree_columns, tree_batch_metrics
 
 logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))  # as verl's trainer modules: checkpoint lines show
 
 
 def checkpoint_dir(config: DictConfig, global_steps: int) -> str:
@@ -67,6 +71,7 @@ class TraceTrainerMixin:
             self.trace_config.allocation.pool_factor, batch_size, fetch=config.data.get("gen_batch_size", None) or batch_size
         )
         self.predictor = None
+        self.predictor_files = PredictorFileRetention()
         if self.trace_rollout and allocator_class(self.trace_config.allocator).needs_predictor:
             # Before any worker exists: rollout workers look it up by name.
             self.predictor = create_predictor_actor(self.trace_config)
@@ -118,17 +123,24 @@ class TraceTrainerMixin:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
-        self._save_trace_state()
+        saved = self._save_trace_state()
         super()._save_checkpoint()
+        if saved is not None:  # verl's save succeeded: older files go as verl's actor checkpoints go
+            self.predictor_files.register_checkpoint(str(saved), max_to_keep(self.config))
 
     def _load_checkpoint(self) -> None:
         super()._load_checkpoint()
         self._restore_trace_state()
 
-    def _save_trace_state(self) -> None:
-        if self.predictor is not None:
-            path = save_predictor(self.predictor, checkpoint_dir(self.config, self.global_steps))
-            logger.info("saved TRACE predictor state to %s", path)
+    def _save_trace_state(self) -> Path | None:
+        if self.predictor is None:
+            return None
+        path = save_predictor(self.predictor, checkpoint_dir(self.config, self.global_steps))
+        logger.info("saved TRACE predictor state to %s", path)
+        remote = copy_to_hdfs(path, self.config, self.global_steps)
+        if remote is not None:
+            logger.info("copied TRACE predictor state to %s", remote)
+        return path
 
     def _restore_trace_state(self) -> None:
         folder = resumed_checkpoint_dir(self.config, self.global_steps)
