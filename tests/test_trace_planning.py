@@ -174,3 +174,23 @@ def test_plan_matches_the_numpy_reference_of_its_priors() -> None:
         a0, b0 = prefix_prior(*Prediction(p, sd).beta_params(kappa_max=alloc.kappa_max), p, s, f, view.s[ROOT], view.f[ROOT])
         np.testing.assert_allclose(plan.a, a0 + s, rtol=1e-12)
         np.testing.assert_allclose(plan.b, b0 + f, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mixed_weight, leaf_exponent", [(0.0, 1.0), (8.0, 1.0), (0.0, 0.5), (2.0, 0.5)])
+def test_objective_family_gains_match_their_closed_form(mixed_weight: float, leaf_exponent: float) -> None:
+    """A tree of n leaves is worth P(mixed) * (mixed_weight + n ** leaf_exponent) (docs/algorithm.md
+    §4.2): in a group that is already mixed one more leaf adds the size term's increment (1 under
+    the original rule) wherever it goes; in an all-fail group it adds the whole value times the
+    chance that the new leaf succeeds."""
+    from verl_trace.allocation.trace import _TreePlan
+
+    w, g = mixed_weight, leaf_exponent
+    a, b = [2.0, 1.0], [3.0, 4.0]
+    mixed = _TreePlan("t", [0, 1], a, b, [0.0, 0.0], [1.0, 1.0], s_root=1, f_root=3, mixed_weight=w, leaf_exponent=g)
+    step = 5**g - 4**g
+    assert mixed.gains() == pytest.approx([step, step]) and mixed.price() == pytest.approx(step)
+    failed = _TreePlan("t", [0, 1], a, b, [0.0, 0.0], [1.0, 1.0], s_root=0, f_root=4, mixed_weight=w, leaf_exponent=g)
+    assert failed.gains() == pytest.approx([(w + 5**g) * ai / (ai + bi) for ai, bi in zip(a, b)])
+    failed.place(0)  # a second draw at the same anchor is less likely to break the run of failures
+    p0, p1 = 2 / 5, (2 + 0) / (5 + 1)
+    assert failed.gains()[0] == pytest.approx((w + 6**g) * (1 - (1 - p0) * (1 - p1)) - (w + 5**g) * p0)
