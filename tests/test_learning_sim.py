@@ -95,6 +95,7 @@ def test_cli_writes_the_issue_json(tmp_path: Path):
     for a in res["allocators"].values():
         assert set(a["final_return"]) == {"mean", "ci95"} and len(a["final_return"]["ci95"]) == 2
         assert set(a["tokens_to_target"]) == {"median", "reached"} and 0 <= a["tokens_to_target"]["reached"] <= 3
+        assert len(a["per_seed"]["final_return"]) == len(a["per_seed"]["tokens_to_target"]) == 3
         curve = np.array(a["curve"], float)
         assert curve.shape[1] == 2 and (np.diff(curve[:, 0]) > 0).all()
     for p in res["paired_vs_uniform"].values():

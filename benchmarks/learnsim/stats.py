@@ -62,6 +62,8 @@ def summarize(results: dict[str, list[dict]], steps: int, eval_every: int, refer
             "final_return": {"mean": float(final.mean()), "ci95": bootstrap_ci(lambda i, f=final: f[i].mean(), n)},
             "tokens_to_target": {"median": finite(median(cross)), "reached": int(np.isfinite(cross).sum())},
             "curve": [[round(float(t)), round(float(v), 5)] for t, v in curve],
+            # per seed, so runs of separate invocations on the same seeds can be paired later
+            "per_seed": {"final_return": [round(float(v), 6) for v in final], "tokens_to_target": [finite(v) for v in cross]},
         }
         if label == reference:
             continue
