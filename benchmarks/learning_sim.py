@@ -2,6 +2,8 @@
 
     python benchmarks/learning_sim.py --out results.json [--seeds 50] [--budget leaves|tokens] [--quick]
 
+``--merge A.json B.json ... --out F`` combines runs on disjoint seeds (``--first-seed``) into one result.
+
 A small softmax policy shared across prompts is trained by each allocator (through the product's
 planner) with its paired advantage estimator (from verl's registry) and verl's policy loss; the
 held-out return is computed exactly after every few steps and set against generated tokens.
@@ -30,6 +32,7 @@ from rich.progress import Progress  # noqa: E402
 from benchmarks.learnsim.regimes import REGIMES, merge  # noqa: E402
 from benchmarks.learnsim.report import diagnostics, markdown, plot  # noqa: E402
 from benchmarks.learnsim.run import ESTIMATOR, RunSpec, Settings, reference, run, trace_config  # noqa: E402
+from benchmarks.learnsim.stats import merge as merge_parts  # noqa: E402
 from benchmarks.learnsim.stats import summarize  # noqa: E402
 
 ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
@@ -98,8 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="processes (seeds run in parallel)")
     ap.add_argument("--plot", default=None, help="PNG of the curves and the paired token ratios")
     ap.add_argument("--markdown", default=None, help="write the result table here")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="instead of running: merge results of the same runs on disjoint seeds (--first-seed) into --out")
     args = ap.parse_args(argv)
     console = Console(stderr=True)
+    if args.merge:
+        result = merge_parts([json.loads(Path(f).read_text()) for f in args.merge])
+        result["regime"] = json.loads(Path(args.merge[0]).read_text())["regime"]
+        Path(args.out).write_text(json.dumps(result, indent=1, allow_nan=False))
+        console.print(markdown(result))
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(result))
+        return 0
     try:
         raw = merge(REGIMES[args.regime], QUICK) if args.quick else dict(REGIMES[args.regime])
         raw = merge(raw, dotted(args.set, "--set"))

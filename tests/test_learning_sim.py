@@ -117,3 +117,34 @@ def test_cli_rejects_bad_runs_before_running(tmp_path: Path, capsys, args, match
     assert main(["--out", str(tmp_path / "x.json"), *args]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_merging_disjoint_seeds_equals_one_summary():
+    """``--merge``: results of invocations on disjoint seeds combine into what one invocation over
+    all seeds reports (per-seed finals, crossings, paired statistics), diagnostics weighted by seeds."""
+    from benchmarks.learnsim.stats import merge
+
+    rng = np.random.default_rng(0)
+
+    def curve(rate: float) -> dict:
+        return {"curve": [[100 * k, 0.3 + rate * k + 0.001 * rng.normal()] for k in range(6)]}
+
+    runs = {"uniform": [curve(0.02) for _ in range(5)], "trace": [curve(0.025) for _ in range(5)]}
+    whole = summarize(runs, steps=10, eval_every=2)
+
+    def part(seeds: slice) -> dict:
+        body = summarize({k: v[seeds] for k, v in runs.items()}, steps=10, eval_every=2)
+        n = len(runs["uniform"][seeds])
+        diag = {k: {"tokens": float(n), "calibration_vs_true_p": {"roots_skipped": {"n": n, "bias": 0.1 * n, "rmse": 0.2}}}
+                for k in runs}
+        return {"seeds": n, "budget": "leaves", "runs": {}, "command": "x", "diagnostics": diag, **body}
+
+    merged = merge([part(slice(0, 2)), part(slice(2, 5))])
+    assert merged["seeds"] == 5
+    for k in runs:
+        assert merged["allocators"][k]["per_seed"] == whole["allocators"][k]["per_seed"]
+        assert merged["allocators"][k]["final_return"] == whole["allocators"][k]["final_return"]
+    assert merged["paired_vs_uniform"] == whole["paired_vs_uniform"]
+    assert merged["diagnostics"]["trace"]["tokens"] == pytest.approx((2 * 2 + 3 * 3) / 5)
+    assert merged["diagnostics"]["trace"]["calibration_vs_true_p"]["roots_skipped"]["bias"] == pytest.approx((0.2 * 2 + 0.3 * 3) / 5)
+    assert merged["paired_vs_trace"]["uniform"]["final_return_diff"]["mean"] < 0

@@ -65,12 +65,65 @@ def summarize(results: dict[str, list[dict]], steps: int, eval_every: int, refer
             # per seed, so runs of separate invocations on the same seeds can be paired later
             "per_seed": {"final_return": [round(float(v), 6) for v in final], "tokens_to_target": [finite(v) for v in cross]},
         }
-        if label == reference:
-            continue
-        ratio = cross / ref_cross
-        diff = final - ref_final
-        paired[label] = {
-            "tokens_ratio": {"median": finite(median(ratio)), "ci95": bootstrap_ci(lambda i, x=ratio: median(x[i]), n)},
-            "final_return_diff": {"mean": float(diff.mean()), "ci95": bootstrap_ci(lambda i, x=diff: x[i].mean(), n)},
-        }
+        if label != reference:
+            paired[label] = paired_stats(final, cross, ref_final, ref_cross)
     return {"allocators": allocators, "paired_vs_uniform": paired}
+
+
+def paired_stats(final: np.ndarray, cross: np.ndarray, ref_final: np.ndarray, ref_cross: np.ndarray) -> dict:
+    """Paired comparison over seeds: the median ratio of tokens to the target and the mean
+    difference of final return, each with a paired bootstrap interval."""
+    n = len(final)
+    ratio = cross / ref_cross
+    diff = final - ref_final
+    return {
+        "tokens_ratio": {"median": finite(median(ratio)), "ci95": bootstrap_ci(lambda i, x=ratio: median(x[i]), n)},
+        "final_return_diff": {"mean": float(diff.mean()), "ci95": bootstrap_ci(lambda i, x=diff: x[i].mean(), n)},
+    }
+
+
+def _per_seed(a: dict) -> tuple[np.ndarray, np.ndarray]:
+    ps = a["per_seed"]
+    return np.array(ps["final_return"], float), np.array([math.inf if x is None else x for x in ps["tokens_to_target"]], float)
+
+
+def merge(parts: Sequence[dict], reference: str = "uniform", baseline: str | None = "trace") -> dict:
+    """Results of several invocations on disjoint seeds (``--first-seed``; a run depends only on
+    its seed and label, so this equals one invocation over all of them) as one: per-seed finals and
+    crossings concatenated, the paired statistics recomputed, scalar diagnostics averaged with the
+    seeds as weights, calibration with the anchors as weights. Curves are not merged. With
+    ``baseline``, every run is also paired with that run (e.g. a variant against the default)."""
+    labels = list(parts[0]["allocators"])
+    if any(list(p["allocators"]) != labels or p["budget"] != parts[0]["budget"] for p in parts):
+        raise ValueError("merge: the parts must have the same runs and budget")
+    per = {k: [np.concatenate(x) for x in zip(*(_per_seed(p["allocators"][k]) for p in parts))] for k in labels}
+    seeds = np.array([p["seeds"] for p in parts], float)
+    out: dict = {"seeds": int(seeds.sum()), "budget": parts[0]["budget"], "runs": parts[0]["runs"],
+                 "commands": [p["command"] for p in parts], "allocators": {}, "paired_vs_uniform": {}, "diagnostics": {}}
+    out["target_return"] = float(per[reference][0].mean())
+    for k in labels:
+        final, cross = per[k]
+        n = len(final)
+        out["allocators"][k] = {
+            "final_return": {"mean": float(final.mean()), "ci95": bootstrap_ci(lambda i, f=final: f[i].mean(), n)},
+            "tokens_to_target": {"median": finite(median(cross)), "reached": int(np.isfinite(cross).sum())},
+            "per_seed": {"final_return": final.tolist(), "tokens_to_target": [finite(v) for v in cross]},
+        }
+        if k != reference:
+            out["paired_vs_uniform"][k] = paired_stats(final, cross, *per[reference])
+        diags = [p["diagnostics"][k] for p in parts]
+        d = {m: float(np.average([x[m] for x in diags], weights=seeds)) for m, v in diags[0].items() if isinstance(v, float)}
+        cal = {}
+        for kind in diags[0].get("calibration_vs_true_p", {}):
+            rows = [x["calibration_vs_true_p"][kind] for x in diags]
+            w = np.array([r["n"] for r in rows], float)
+            cal[kind] = {"n": int(w.sum()), "bias": float(np.average([r["bias"] for r in rows], weights=w)),
+                         "rmse": float(np.sqrt(np.average([r["rmse"] ** 2 for r in rows], weights=w)))}
+        if cal:
+            d["calibration_vs_true_p"] = cal
+        out["diagnostics"][k] = d
+    if baseline in per:
+        b_final, b_cross = per[baseline]
+        # tokens to the target relative to the baseline's own crossing on each seed
+        out[f"paired_vs_{baseline}"] = {k: paired_stats(*per[k], b_final, b_cross) for k in labels if k != baseline}
+    return out
