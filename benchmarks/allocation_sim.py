@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-factor", type=float, default=None, help="override run.pool_factor of every regime")
     ap.add_argument("--planner-repeats", type=int, default=None, help="timed production-scale steps (default 5; 1 with --quick)")
     ap.add_argument("--no-planner", action="store_true", help="skip the production-scale planner timing")
+    ap.add_argument("--planner-only", action="store_true", help="only the production-scale planner timing (issue 11 §4)")
     ap.add_argument("--plot", default=None, help="write the ESR / informative-comparison plot (PNG) here")
     ap.add_argument("--markdown", default=None, help="write the result tables as markdown here")
     args = ap.parse_args(argv)
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seeds must be >= 1")
     settings = Settings(schedule=args.schedule, ready_fraction=args.ready_fraction, allocation=(("rounds", args.rounds), ("release_gain", args.release_gain)))
     t0 = time.time()
+    if args.planner_only:
+        return planner_only(args, regimes, settings, console, argv, t0)
     jobs = [(r, s, settings) for r in regimes.values() for s in range(seeds)]
     per: dict[str, dict[int, dict]] = {name: {} for name in regimes}
     with Progress(console=console, transient=True) as progress:
@@ -128,6 +131,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(markdown(result))
     console.print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    return 0
+
+
+def planner_only(args: argparse.Namespace, regimes: dict[str, Regime], settings: Settings, console: Console,
+                 argv: list[str] | None, t0: float) -> int:
+    """The production-scale timing alone: a few minutes instead of the whole simulation."""
+    base = regimes.get("default") or next(iter(regimes.values()))
+    with console.status("timing planner + predictor at production scale (512 x 16) on one core"):
+        planner = time_planner(base, warmup=1 if args.quick else 2, repeats=args.planner_repeats or (1 if args.quick else 5),
+                               settings=settings)
+    result = {"command": "python benchmarks/allocation_sim.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "regimes": {}, "planner": planner}
+    result["goals"] = goals(result)
+    result["seconds"] = time.time() - t0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+    b = planner["breakdown_cpu_ms"]
+    console.print(f"planner + predictor per step: median {planner['ms_per_step']['median']:.0f} ms CPU (plan events {b['plan_events']:.0f}, "
+                  f"training_batch {b['training_batch']:.0f}, predictor update {b['predictor_update']:.0f}); "
+                  f"load {planner['load_average_1m']:.2f}")
     return 0
 
 

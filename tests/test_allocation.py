@@ -214,6 +214,37 @@ def test_failed_leaves_count_against_the_budget(make_world):
     assert sum(len(t.leaves()) for t in pl.ctx.trees.values()) == 15
 
 
+@pytest.mark.parametrize("mode", ["leaf", "anchor", "first"])
+def test_training_batch_weights_rows_by_anchor_as_configured(make_world, mode):
+    """``predictor.example_weight``: every row weighs 1 (leaf); every anchor's rows sum to 1
+    (anchor); or every anchor's weight sits on the leaves committed before any outcome below it was
+    seen, a root's first chains and a prefix's creating leaf (first)."""
+    world = make_world(seed=3, max_turns=4)
+    cfg_pl = _planner("tree_random", 4, Budget(32), allocation={"rounds": 2})
+    cfg_pl.cfg.predictor.example_weight = mode
+    drive(cfg_pl, world.pool(4), world.rollout)
+    for t in cfg_pl.ctx.trees.values():  # this world's turn texts repeat: name every prefix apart
+        for n in t.nodes[1:]:
+            n.meta["key"] = f"{t.uid}/{n.node_id}"
+    batch, y = cfg_pl.training_batch()
+    keys = np.asarray(batch.keys)
+    assert len(y) == len(keys) and set(np.unique(y)) <= {0.0, 1.0}
+    if mode == "leaf":
+        assert batch.weight is None
+        return
+    per_key = {k: batch.weight[keys == k].sum() for k in set(batch.keys)}
+    assert all(v == pytest.approx(1.0) for v in per_key.values())
+    if mode == "first":
+        for t in cfg_pl.ctx.trees.values():
+            root_rows = keys == t.key
+            first_chains = len(t.root.children)  # roots keep their first chains; expansions branch below
+            launched_at_root = [(a, f) for (u, _), (a, f) in cfg_pl._launch_of.items() if u == t.uid and f]
+            assert np.count_nonzero(batch.weight[root_rows]) == len(launched_at_root) <= first_chains
+            for n in t.nodes[1:]:  # a prefix counts only the leaf that created it
+                if not n.terminal:
+                    assert np.count_nonzero(batch.weight[keys == n.meta["key"]]) == 1
+
+
 def test_registry_and_config_schema_name_the_same_allocators():
     """``config.AllocatorName`` (the schema, layer 1) repeats the registry's names (layer 3) so a bad
     name fails at load time; they must stay the same list."""

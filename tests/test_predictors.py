@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from verl_trace.predictor import (
     build_predictor,
     ece,
 )
+from verl_trace.predictor.featurize import N_NUMERIC
 from verl_trace.tree import ROOT, RolloutTree
 
 
@@ -37,7 +39,7 @@ def test_calibration_metrics_against_definitions():
 
 
 def test_beta_predictor_discounted_updates():
-    pred = BetaPredictor(alpha0=1.0, beta0=1.0, discount=0.5)
+    pred = BetaPredictor(alpha0=1.0, beta0=1.0, discount=0.5, decay_by="visits")
     b = AnchorBatch(keys=["k", "k", "k"])
     pred.update(b, np.array([1.0, 1.0, 0.0]))
     out = pred.predict(AnchorBatch(keys=["k", "unseen"]))
@@ -164,7 +166,7 @@ def test_hashed_featurizer_is_incremental_and_deterministic():
 def test_embedding_featurizer_loads_local_model_offline():
     fz = build_featurizer(PredictorConfig(featurizer="embedding"), max_turns=4)
     x = fz.featurize(_tree(), [0, 2])
-    assert x.shape == (2, 3 * 384 + 8)
+    assert x.shape == (2, 3 * 384 + N_NUMERIC)
     assert np.all(np.isfinite(x))
 
 
@@ -191,6 +193,59 @@ def test_state_dict_is_a_snapshot_not_live_optimizer_tensors():
     b2.load_state_dict(state)
     b2.update(*_snapshot_batch(1))
     assert np.array_equal(b.predict(probe).p, b2.predict(probe).p)
+
+
+def test_beta_evidence_decays_with_elapsed_steps():
+    """Evidence from k training steps ago weighs discount**k, whether or not the key was seen since
+    (decay_by: steps); with decay_by: visits it keeps full weight until the key returns."""
+    steps, visits = BetaPredictor(discount=0.5), BetaPredictor(discount=0.5, decay_by="visits")
+    for pred in (steps, visits):
+        pred.update(AnchorBatch(keys=["k"] * 4), np.ones(4))  # step 0: 4 successes
+        for _ in range(3):  # three steps that never see "k"
+            pred.update(AnchorBatch(keys=["other"]), np.zeros(1))
+    # four updates since: 4 * 0.5**4 = 0.25 pseudo-successes left
+    assert steps.evidence(["k"])[0][0] == pytest.approx(0.25)
+    assert visits.evidence(["k"])[0][0] == pytest.approx(4.0)
+    # A new observation adds to the decayed evidence, and the state round-trips.
+    steps.update(AnchorBatch(keys=["k"]), np.zeros(1))
+    s, f = steps.evidence(["k"])
+    assert (s[0], f[0]) == (pytest.approx(0.125), pytest.approx(0.5))
+    clone = BetaPredictor()
+    clone.load_state_dict(steps.state_dict())
+    assert clone.predict(AnchorBatch(keys=["k", "other"])).p == pytest.approx(steps.predict(AnchorBatch(keys=["k", "other"])).p)
+
+
+def test_beta_step_decay_tracks_a_drifting_policy():
+    """A prompt whose success rate drifts from 0.1 to 0.9 while it is seen only every 8 steps: with
+    decay by steps the posterior follows the drift; with decay by visits it lags behind."""
+    rng = np.random.default_rng(0)
+    err = {}
+    for mode in ("steps", "visits"):
+        pred = BetaPredictor(discount=0.8, decay_by=mode)
+        errors = []
+        for step in range(160):
+            p = 0.1 + 0.8 * step / 159
+            if step % 8 == 0:
+                errors.append(abs(pred.predict(AnchorBatch(keys=["k"])).p[0] - p))
+                pred.update(AnchorBatch(keys=["k"] * 8), (rng.random(8) < p).astype(float))
+            else:
+                pred.update(AnchorBatch(keys=[f"x{step}"]), np.zeros(1))
+        err[mode] = float(np.mean(errors[5:]))
+    assert err["steps"] < 0.75 * err["visits"], err
+
+
+def test_shared_model_follows_row_weights():
+    """Rows of weight 0 never reach the buffer, and weights tilt the fit: the same features seen
+    with outcome 1 at weight 3 and outcome 0 at weight 1 are predicted near 3/4."""
+    x = np.zeros((80, 3), np.float32)
+    y = np.r_[np.ones(40), np.zeros(40)]
+    pred = EnsemblePredictor(members=2, hidden=8, steps_per_update=150, lr=0.05)
+    pred.update(AnchorBatch(keys=["k"] * 80, features=x, weight=np.r_[np.full(40, 3.0), np.ones(40)]), y)
+    pred.update(AnchorBatch(keys=["j"] * 10, features=x[:10], weight=np.zeros(10)), np.zeros(10))
+    assert pred.state_dict()["buffer_y"].shape == (80,)
+    assert pred.predict(AnchorBatch(keys=["k"], features=x[:1])).p[0] == pytest.approx(0.75, abs=0.06)
+    with pytest.raises(ValueError, match="weight"):
+        AnchorBatch(keys=["a"], weight=np.array([-1.0]))
 
 
 def test_shared_predictor_is_finite_and_silent_for_extreme_logits():
@@ -228,3 +283,50 @@ def test_update_on_an_empty_batch_is_a_no_op(kind):
     np.testing.assert_array_equal(pred.predict(b).p, before)
     if kind == "service":
         assert pred.updates == 1
+
+
+def test_featurizer_sees_what_the_observations_contained():
+    """The numeric block says whether the observations mention the question's terms and entities,
+    whether the last turn's tool call failed, and the policy's own log-probs and entropy."""
+    from verl_trace.predictor.featurize import NUMERIC, question_terms
+
+    terms, ents = question_terms("Who founded the Blue Lantern company in 1998?")
+    assert ents == {"founded", "blue", "lantern", "1998"} - {"founded"} and "company" in terms and "who" not in terms
+    t = RolloutTree("t", [1], "system: you are an agent\nWho founded the Blue Lantern company in 1998?")
+    t.meta["question"] = "Who founded the Blue Lantern company in 1998?"
+    hit = t.add_turn(ROOT, [5, 6], [7], text="search Blue Lantern", obs_text="Blue Lantern was founded in 1998 by Ann Poe.",
+                     action_logprobs=[-0.2, -0.4], tool_calls=1, entropy=0.7)
+    miss = t.add_turn(ROOT, [5], [7], text="search lantern", obs_text="Error: unknown tool", tool_calls=1, tool_errors=1,
+                      action_logprobs=[-2.0])
+    deeper = t.add_turn(hit, [9], [7], text="search Ann Poe", obs_text="Ann Poe is a painter.", action_logprobs=[-1.0], tool_calls=1)
+    fz = AnchorFeaturizer(HashedNgramEncoder(16), max_turns=4)
+    x = fz.featurize(t, [ROOT, hit, miss, deeper])
+    num = {name: x[:, 3 * 16 + k] for k, name in enumerate(NUMERIC)}
+    assert x.shape == (4, fz.dim) and np.isfinite(x).all()
+    assert num["entities_last"][1] == pytest.approx(1.0) and num["entities_last"][2] == 0.0
+    assert num["question_terms_last"][3] == 0.0 and num["question_terms_seen"][3] == num["question_terms_seen"][1] > 0
+    assert num["entities_seen"][3] == pytest.approx(1.0)  # found earlier on the path
+    assert (num["last_tool_error"][2], num["tool_errors"][2], num["last_tool_error"][1]) == (1.0, pytest.approx(np.log1p(1)), 0.0)
+    assert num["last_logprob"][1] == pytest.approx(-0.3) and num["mean_logprob"][3] == pytest.approx((-0.3 - 1.0) / 2)
+    assert (num["last_entropy"][1], num["entropy_reported"][1], num["entropy_reported"][2]) == (pytest.approx(0.7), 1.0, 0.0)
+    assert num["similarity_last"][1] > num["similarity_last"][2]  # the hit shares words with the prompt
+    assert num["is_root"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    # Computed once: a node's vector is stored, and a second call returns it unchanged.
+    again = fz.featurize(t, [deeper])
+    np.testing.assert_array_equal(again[0], x[3])
+
+
+def test_quality_by_step_reads_a_runs_logged_calibration(tmp_path):
+    from verl_trace.predictor.calibration import quality_by_step
+
+    records = [{"step": i, "predictor/hybrid_brier": 0.25 - 0.01 * i, "predictor/hybrid_ece": 0.1,
+                "predictor/hybrid_auc": 0.5 + 0.05 * i} for i in range(6)]
+    records.insert(0, {"step": -1})  # a step with nothing logged is skipped
+    q = quality_by_step(records)
+    assert len(q["per_step"]) == 6 and q["steps"] == 7
+    assert q["after_first_third"]["auc"] == pytest.approx(np.mean([0.5 + 0.05 * i for i in range(3, 6)]))
+    report = tmp_path / "report.json"
+    report.write_text(__import__("json").dumps({"allocator": "trace", "curves": {"train": records}}))
+    out = subprocess.run([sys.executable, "benchmarks/predictor_quality.py", str(report)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and "after the first third" in out.stdout and "auc 0.700" in out.stdout

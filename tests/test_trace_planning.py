@@ -8,9 +8,9 @@ import pytest
 
 from verl_trace.allocation import Budget, build_allocator, new_planner
 from verl_trace.allocation.drive import drive
-from verl_trace.allocation.trace import prefix_prior, tree_view
+from verl_trace.allocation.trace import tree_view
 from verl_trace.config import AllocatorConfig, TraceConfig
-from verl_trace.predictor import OraclePredictor
+from verl_trace.predictor import OraclePredictor, Prediction
 from verl_trace.tree import ROOT, RolloutTree
 
 
@@ -20,6 +20,35 @@ def _chain(tree: RolloutTree, parent: int, turns: int, reward: float, p: float) 
         node = tree.add_turn(node, [1, 2, 3], [9], meta={"true_p": p})
     tree.finish(node, reward)
     return node
+
+
+def prefix_prior(
+    a: np.ndarray, b: np.ndarray, p: np.ndarray, s: np.ndarray, f: np.ndarray, s_root: float, f_root: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference (numpy) form of the tree-inherited priors that ``TraceAllocator._plan`` computes
+    in scalar Python. Beta priors for a tree's anchors (row 0 is the root) that inherit the prompt's evidence.
+
+    A prefix's success probability is its prompt's, moved by the turns taken (the conditional
+    success probability is a martingale down the tree). So a prefix's prior mean is the root's
+    posterior mean from the leaves *outside* the prefix's subtree (no double counting: its own
+    leaves are added by the caller), shifted in logit space by what the predictor says the turns
+    changed (logit p_v - logit p_root). A prompt whose chains all failed thereby makes its prefixes
+    look hard too, which the predictor alone (features only) cannot know. The concentration is the
+    predictor's, capped by the root's (a prefix is never surer than its prompt's evidence).
+    """
+    a, b = np.array(a, np.float64), np.array(b, np.float64)
+    if a.size < 2:
+        return a, b
+    out_a = a[0] + s_root - s[1:]
+    out_b = b[0] + f_root - f[1:]
+    pc = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)
+    odds = (out_a / out_b) * (pc[1:] / (1 - pc[1:])) * ((1 - pc[0]) / pc[0])  # logits add: odds multiply
+    mean = odds / (1.0 + odds)
+    kappa = np.minimum(a[1:] + b[1:], out_a + out_b)
+    a[1:], b[1:] = kappa * mean, kappa * (1 - mean)
+    return a, b
+
+
 
 
 def test_prefix_prior_inherits_the_prompts_evidence_without_double_counting() -> None:
@@ -117,3 +146,51 @@ def test_pipelined_readiness_only_replans_the_reported_tree() -> None:
     done = [(first[1], _chain(tree, ROOT, 2, float(k), 0.5)) for k in range(2)]
     again = planner.leaves_done(done)
     assert again and {x.uid for x in again} == {"u1"}  # only u1's round completed
+
+
+def test_plan_matches_the_numpy_reference_of_its_priors() -> None:
+    """``TraceAllocator._plan`` (scalar Python, the hot path) gives every anchor the posterior the
+    numpy reference gives: beta_params of the prediction, inherited from the prompt, plus the
+    outcomes below it."""
+    rng = np.random.default_rng(5)
+    cfg = TraceConfig(allocator="trace")
+    alloc = build_allocator(cfg)
+    for trial in range(30):
+        tree = RolloutTree(f"t{trial}")
+        tree.root.meta["true_p"] = float(rng.uniform(0.05, 0.95))
+        for _ in range(int(rng.integers(2, 6))):
+            _chain(tree, ROOT, int(rng.integers(1, 4)), float(rng.random() < 0.5), 0.5)
+        nodes = [n.node_id for n in tree.nodes if not n.terminal and n.depth >= 1]
+        for _ in range(int(rng.integers(0, 4))):
+            if nodes:
+                _chain(tree, int(rng.choice(nodes)), 1, float(rng.random() < 0.5), 0.5)
+        view = tree_view(tree, 0.5, max_turns=4)
+        n = len(view.anchors)
+        p, sd = rng.uniform(0.01, 0.99, n), rng.uniform(0.0, 0.3, n)
+        plan = alloc._plan(new_planner(cfg, alloc, n_roots=1, budget=Budget(8), max_turns=4,
+                                       predictor=OraclePredictor()).ctx, tree, view, (p.tolist(), sd.tolist()))
+        s = np.array([view.s[i] for i in view.anchors], float)
+        f = np.array([view.f[i] for i in view.anchors], float)
+        a0, b0 = prefix_prior(*Prediction(p, sd).beta_params(kappa_max=alloc.kappa_max), p, s, f, view.s[ROOT], view.f[ROOT])
+        np.testing.assert_allclose(plan.a, a0 + s, rtol=1e-12)
+        np.testing.assert_allclose(plan.b, b0 + f, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mixed_weight, leaf_exponent", [(0.0, 1.0), (8.0, 1.0), (0.0, 0.5), (2.0, 0.5)])
+def test_objective_family_gains_match_their_closed_form(mixed_weight: float, leaf_exponent: float) -> None:
+    """A tree of n leaves is worth P(mixed) * (mixed_weight + n ** leaf_exponent) (docs/algorithm.md
+    §4.2): in a group that is already mixed one more leaf adds the size term's increment (1 under
+    the original rule) wherever it goes; in an all-fail group it adds the whole value times the
+    chance that the new leaf succeeds."""
+    from verl_trace.allocation.trace import _TreePlan
+
+    w, g = mixed_weight, leaf_exponent
+    a, b = [2.0, 1.0], [3.0, 4.0]
+    mixed = _TreePlan("t", [0, 1], a, b, [0.0, 0.0], [1.0, 1.0], s_root=1, f_root=3, mixed_weight=w, leaf_exponent=g)
+    step = 5**g - 4**g
+    assert mixed.gains() == pytest.approx([step, step]) and mixed.price() == pytest.approx(step)
+    failed = _TreePlan("t", [0, 1], a, b, [0.0, 0.0], [1.0, 1.0], s_root=0, f_root=4, mixed_weight=w, leaf_exponent=g)
+    assert failed.gains() == pytest.approx([(w + 5**g) * ai / (ai + bi) for ai, bi in zip(a, b)])
+    failed.place(0)  # a second draw at the same anchor is less likely to break the run of failures
+    p0, p1 = 2 / 5, (2 + 0) / (5 + 1)
+    assert failed.gains()[0] == pytest.approx((w + 6**g) * (1 - (1 - p0) * (1 - p1)) - (w + 5**g) * p0)

@@ -45,6 +45,10 @@ class AllocatorConfig(_Strict):
     # trace: a tree whose best continuation is expected to add fewer effective leaves than this
     # releases its round share to trees with a higher marginal gain (docs/benchmarks.md measures it)
     release_gain: float = Field(default=1.0, ge=0.0)
+    # trace: the objective the greedy maximizes (docs/algorithm.md §4.2): a tree of n leaves is worth
+    # P(mixed outcomes) * (mixed_weight + n ** leaf_exponent); (0, 1) = expected effective leaves
+    mixed_weight: float = Field(default=0.0, ge=0.0)
+    leaf_exponent: float = Field(default=1.0, gt=0.0, le=1.0)
     entropy_weight: float = Field(default=1.0, ge=0.0)  # entropy: weight of the entropy rise (ARPO w)
 
 
@@ -58,9 +62,17 @@ class PredictorConfig(_Strict):
     lr: float = Field(default=3e-3, gt=0.0)
     steps_per_update: int = Field(default=40, ge=0)
     buffer_size: int = Field(default=20_000, ge=1)
+    replay_discount: float = Field(default=1.0, gt=0.0, le=1.0)  # shared model: a row k steps old weighs this ** k
     alpha0: float = Field(default=1.0, gt=0.0)
     beta0: float = Field(default=1.0, gt=0.0)
-    discount: float = Field(default=0.9, ge=0.0, le=1.0)
+    discount: float = Field(default=0.9, ge=0.0, le=1.0)  # per-key evidence weight per elapsed step
+    # how per-key evidence ages: by training steps elapsed (default) or once per new observation
+    # of the key (MoPPS's original rule; stale when a prompt returns after many steps)
+    decay_by: Literal["steps", "visits"] = "steps"
+    # how much each (anchor, leaf outcome) row weighs in the shared model's loss: every leaf alike
+    # ("leaf"), every anchor alike ("anchor": 1/n per row), or every anchor alike counting only the
+    # leaves that were not placed because of outcomes below it ("first"); docs/algorithm.md §3
+    example_weight: Literal["leaf", "anchor", "first"] = "leaf"
     kappa_max: float = Field(default=64.0, gt=0.0)  # cap on the Beta concentration of a prediction
     seed: int = 0
 

@@ -36,6 +36,7 @@ class TreePlanner:
         self._pending: dict[tuple[str, int], int] = {}
         self._launched: dict[tuple[str, int], int] = {}
         self._finished: set[str] = set()
+        self._launch_of: dict[tuple[str, int], tuple[int, bool]] = {}  # (uid, leaf) -> (anchor, first chain)
         self._closed = False
         self._swept = False
         self.plan_seconds = 0.0
@@ -108,6 +109,7 @@ class TreePlanner:
                 new_tokens += len(node.action_ids)
                 cur = node.parent
             ctx.ledger.complete(new_tokens, failed=leaf.status is LeafStatus.FAILED)
+            self._launch_of[(launch.uid, leaf_id)] = (launch.anchor, launch.anchor == ROOT and launch.round == 0)
             ctx.in_flight[launch.uid].remove(launch.anchor)
             self._pending[(launch.uid, launch.round)] -= 1
             touched[launch.uid] = None
@@ -227,12 +229,22 @@ class TreePlanner:
         return m
 
     def training_batch(self) -> tuple[AnchorBatch, np.ndarray]:
-        """(anchor, outcome) pairs for the predictor: every anchor on a usable leaf's path, labelled
-        with that leaf's success. Conditional success probability of an anchor is exactly the
-        expected outcome of the leaves sampled below it."""
+        """(anchor, outcome) rows for the predictor: every anchor on a usable leaf's path, labelled
+        with that leaf's success (an anchor's conditional success probability is exactly the
+        expected outcome of the leaves sampled below it), with the shared model's row weights
+        (``predictor.example_weight``, docs/algorithm.md §3):
+
+        * ``leaf``: 1 per row, so anchors count by how many leaves the allocator put below them;
+        * ``anchor``: 1/n for each of an anchor's n rows: every anchor counts once;
+        * ``first``: every anchor counts once, from the leaves that were committed before any
+          outcome below it was seen (a root's first chains; for a prefix, the leaf that created
+          it), so neither which anchors got more leaves nor which outcomes prompted them can tilt
+          the labels; the other rows get weight 0 (per-key evidence still counts them).
+        """
         ctx = self.ctx
         drop_truncated = self.cfg.advantage.truncated == "drop"
-        batches, rows, ys = [], [], []
+        mode = self.cfg.predictor.example_weight
+        batches, rows, ys, fresh = [], [], [], []
         offset = 0
         for tree in ctx.trees.values():
             nodes = tree.nodes
@@ -243,14 +255,26 @@ class TreePlanner:
                 if drop_truncated and leaf.status is LeafStatus.TRUNCATED:
                     continue
                 succ = float(leaf.reward >= ctx.threshold)
+                anchor, first = self._launch_of.get((tree.uid, leaf.node_id), (ROOT, True))
+                below = True  # nodes strictly below the launch anchor were created by this leaf
                 cur = leaf.parent
                 while cur is not None:
+                    below = below and cur != anchor
                     rows.append(offset + pos.setdefault(cur, len(pos)))
                     ys.append(succ)
+                    fresh.append(below or (first and cur == ROOT))
                     cur = nodes[cur].parent
             if pos:
                 batches.append(ctx.anchor_batch(tree, list(pos)))
                 offset += len(pos)
         if not batches:
             return AnchorBatch(keys=[]), np.zeros(0)
-        return AnchorBatch.concat(batches).select(rows), np.asarray(ys)
+        batch = AnchorBatch.concat(batches).select(rows)
+        idx = np.asarray(rows, np.int64)
+        if mode == "anchor":
+            batch.weight = 1.0 / np.bincount(idx)[idx]
+        elif mode == "first":
+            keep = np.asarray(fresh, np.float64)
+            count = np.bincount(idx, weights=keep)[idx]
+            batch.weight = np.divide(keep, count, out=np.zeros_like(keep), where=count > 0)
+        return batch, np.asarray(ys)

@@ -14,7 +14,7 @@ from .shared import EnsemblePredictor
 def build_predictor(cfg: PredictorConfig, oracle: bool = False) -> Predictor:
     if oracle:
         return OraclePredictor()
-    beta = BetaPredictor(alpha0=cfg.alpha0, beta0=cfg.beta0, discount=cfg.discount)
+    beta = BetaPredictor(alpha0=cfg.alpha0, beta0=cfg.beta0, discount=cfg.discount, decay_by=cfg.decay_by)
     if cfg.kind == "beta":
         return beta
     shared = EnsemblePredictor(
@@ -23,6 +23,7 @@ def build_predictor(cfg: PredictorConfig, oracle: bool = False) -> Predictor:
         lr=cfg.lr,
         steps_per_update=cfg.steps_per_update,
         buffer_size=cfg.buffer_size,
+        replay_discount=cfg.replay_discount,
         seed=cfg.seed,
     )
     return shared if cfg.kind == "shared" else HybridPredictor(shared, beta, kappa_max=cfg.kappa_max)

@@ -17,12 +17,15 @@ class AnchorBatch:
 
     ``keys`` identify an anchor across steps (a prompt's key repeats every epoch; a prefix key
     rarely does). ``features`` describe the prefix history for predictors that generalize.
-    ``true_p`` exists only in the simulator and is read only by the oracle.
+    ``true_p`` exists only in the simulator and is read only by the oracle. ``weight`` (training
+    batches only) is how much each (anchor, outcome) row counts in the shared model's loss
+    (``predictor.example_weight``); per-key evidence always counts every outcome.
     """
 
     keys: Sequence[str]
     features: np.ndarray | None = None
     true_p: np.ndarray | None = None
+    weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -34,6 +37,10 @@ class AnchorBatch:
             self.true_p = np.asarray(self.true_p, dtype=np.float64)
             if self.true_p.shape != (n,):
                 raise ValueError(f"true_p must have shape ({n},), got {self.true_p.shape}")
+        if self.weight is not None:
+            self.weight = np.asarray(self.weight, dtype=np.float64)
+            if self.weight.shape != (n,) or not np.all(np.isfinite(self.weight)) or self.weight.min(initial=0.0) < 0:
+                raise ValueError(f"weight must be finite, non-negative and of shape ({n},)")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -44,6 +51,7 @@ class AnchorBatch:
             keys=[self.keys[i] for i in idx],
             features=None if self.features is None else self.features[idx],
             true_p=None if self.true_p is None else self.true_p[idx],
+            weight=None if self.weight is None else self.weight[idx],
         )
 
     @staticmethod
@@ -51,10 +59,12 @@ class AnchorBatch:
         keys = [k for b in batches for k in b.keys]
         feats = [b.features for b in batches]
         tp = [b.true_p for b in batches]
+        w = [b.weight for b in batches]
         return AnchorBatch(
             keys=keys,
             features=np.concatenate(feats) if feats and all(f is not None for f in feats) else None,
             true_p=np.concatenate(tp) if tp and all(t is not None for t in tp) else None,
+            weight=np.concatenate(w) if w and all(x is not None for x in w) else None,
         )
 
 

@@ -39,3 +39,20 @@ def auc(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
 
 def calibration_report(p: np.ndarray, y: np.ndarray, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}brier": brier(p, y), f"{prefix}ece": ece(p, y), f"{prefix}auc": auc(p, y)}
+
+
+def quality_by_step(records: list[dict], prefix: str = "predictor/hybrid_") -> dict:
+    """Per-step Brier, ECE and AUC of a run's predictor, as ``Predictor.update`` logs them (the
+    predictions it made *before* learning from each step, on that step's anchors), and their means
+    over the steps after the first third of training (issue 11 §4's AUC goal). ``records`` are the
+    run's per-step metric dicts (the demo's ``report.json['curves']['train']``); steps without the
+    metrics (no predictor, or an empty batch) are skipped."""
+    rows = []
+    for i, r in enumerate(records):
+        vals = {k: r.get(f"{prefix}{k}") for k in ("brier", "ece", "auc")}
+        if all(v is not None for v in vals.values()):
+            rows.append({"step": int(r.get("step", i)), **{k: float(v) for k, v in vals.items()}})
+    n = len(records)
+    late = [r for r in rows if r["step"] >= n / 3]
+    summary = {k: float(np.nanmean([r[k] for r in late])) if late else float("nan") for k in ("brier", "ece", "auc")}
+    return {"per_step": rows, "after_first_third": summary, "steps": n}

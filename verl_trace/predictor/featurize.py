@@ -2,9 +2,15 @@
 
 An anchor's features are [prompt | all turns so far | last turn | numeric facts]. Text parts come
 from a pluggable text encoder: hashed word n-grams by default (dependency-free, deterministic
-across processes), or a sentence-embedding model loaded from a local path. A node's prefix never
-changes, so its vector is computed once and stored on the node (``Node.features``); the running
-sum over turns is cached per tree so a deep prefix costs one turn's encoding, not the whole path.
+across processes), or a sentence-embedding model loaded from a local path. The numeric facts
+(``NUMERIC``) say what the prefix did and what it found, the things that move the chance of success
+after a prefix: turns, tool calls and errors (in total and in the last turn), the policy's own
+log-probabilities and entropy (last turn and mean over the path), tokens, and whether the
+observations mention the question's terms and named entities (the fraction of them found in the last
+observation and in all observations so far) and how similar the last turn and the whole history are
+to the prompt. A node's prefix never changes, so its vector is computed once and stored on the node
+(``Node.features``); running sums along the path are cached per tree, so a deep prefix costs one
+turn's encoding, not the whole path's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,27 @@ import numpy as np
 from ..tree import ROOT, RolloutTree
 
 _WORD = re.compile(r"\w+")
-N_NUMERIC = 8
+NUMERIC = (
+    "depth", "tool_calls", "tool_errors", "last_tool_error", "last_logprob", "mean_logprob",
+    "last_entropy", "mean_entropy", "entropy_reported", "generated_tokens", "last_observation_tokens", "is_root",
+    "question_terms_last", "question_terms_seen", "entities_last", "entities_seen",
+    "similarity_last", "similarity_history",
+)
+N_NUMERIC = len(NUMERIC)
+_STOP = frozenset(
+    "the a an of in on for to is was are were be been what who whom which when where why how did does do "
+    "and or not with by from at as that this these those it its his her their there than then into about "
+    "please answer question use search tool find give name one".split()
+)
+
+
+def question_terms(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(content words, entity-like words) of a question: lowercase words of 3+ characters that are
+    not stopwords, and among them those written with a capital or a digit (names, dates)."""
+    words = _WORD.findall(text)
+    terms = frozenset(w.lower() for w in words if len(w) >= 3 and w.lower() not in _STOP)
+    ents = frozenset(w.lower() for w in words if w.lower() in terms and (w[0].isupper() or any(c.isdigit() for c in w)))
+    return terms, ents
 
 
 class TextEncoder:
@@ -82,13 +108,26 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(n, 1e-6)
 
 
+class _Path:
+    """Running sums along the path root -> node (cached per node, so a child costs O(1))."""
+
+    __slots__ = ("hist", "calls", "errors", "gen", "lp_sum", "lp_n", "ent_sum", "ent_n", "found")
+
+    def __init__(self, hist: np.ndarray, calls=0, errors=0, gen=0, lp_sum=0.0, lp_n=0, ent_sum=0.0, ent_n=0,
+                 found: frozenset[str] = frozenset()):
+        self.hist, self.calls, self.errors, self.gen = hist, calls, errors, gen
+        self.lp_sum, self.lp_n, self.ent_sum, self.ent_n, self.found = lp_sum, lp_n, ent_sum, ent_n, found
+
+
 class AnchorFeaturizer:
-    """Turns tree nodes into predictor inputs; see the module docstring for the layout."""
+    """Turns tree nodes into predictor inputs; see the module docstring for the layout. The
+    question is ``tree.meta['question']`` when the rollout layer sets it (the last user message),
+    else the whole prompt text."""
 
     def __init__(self, encoder: TextEncoder, max_turns: int = 8):
         self.encoder = encoder
         self.max_turns = max(1, max_turns)
-        self._hist: weakref.WeakKeyDictionary[RolloutTree, dict[int, np.ndarray]] = weakref.WeakKeyDictionary()
+        self._trees: weakref.WeakKeyDictionary[RolloutTree, dict] = weakref.WeakKeyDictionary()
 
     @property
     def dim(self) -> int:
@@ -96,39 +135,74 @@ class AnchorFeaturizer:
 
     def featurize(self, tree: RolloutTree, node_ids: Sequence[int]) -> np.ndarray:
         """Feature rows for ``node_ids`` (computing and storing any that are missing)."""
-        hist = self._hist.get(tree, {})
-        missing = sorted({i for n in node_ids for i in tree.path(n) if tree[i].features is None or i not in hist})
+        if not node_ids:
+            return np.zeros((0, self.dim), np.float32)
+        cache = self._trees.get(tree)
+        paths = cache["paths"] if cache is not None else {}
+        missing = sorted({i for n in node_ids for i in tree.path(n) if tree[i].features is None or i not in paths})
         if missing:
             self._fill(tree, missing)
-        return np.stack([tree[i].features for i in node_ids]) if node_ids else np.zeros((0, self.dim), np.float32)
+        return np.stack([tree[i].features for i in node_ids])
+
+    def _tree_cache(self, tree: RolloutTree) -> dict:
+        cache = self._trees.get(tree)
+        if cache is None:
+            terms, ents = question_terms(tree.meta.get("question") or tree.prompt_text)
+            prompt_vec = _unit(self.encoder.encode([tree.prompt_text])[0])
+            cache = self._trees[tree] = {"paths": {}, "terms": terms, "ents": ents, "prompt": prompt_vec}
+        return cache
 
     def _fill(self, tree: RolloutTree, ids: list[int]) -> None:
         # ids are sorted, and parents have smaller ids, so every parent is ready before its child.
-        hist = self._hist.setdefault(tree, {})
-        texts = [tree.prompt_text if i == ROOT else f"{tree[i].text}\n{tree[i].obs_text}" for i in ids]
-        enc = self.encoder.encode(texts)
-        prompt_vec = _unit(enc[0]) if ids[0] == ROOT else _unit(self.encoder.encode([tree.prompt_text])[0])
+        cache = self._tree_cache(tree)
+        paths: dict[int, _Path] = cache["paths"]
+        terms, ents, prompt_vec = cache["terms"], cache["ents"], cache["prompt"]
+        turn_ids = [i for i in ids if i != ROOT]
+        enc = self.encoder.encode([f"{tree[i].text}\n{tree[i].obs_text}" for i in turn_ids])
+        rows = dict(zip(turn_ids, enc))
         zero = np.zeros(self.encoder.dim, np.float32)
-        for row, i in enumerate(ids):
+        n_terms, n_ents = max(1, len(terms)), max(1, len(ents))
+        for i in ids:
             node = tree[i]
             if i == ROOT:
-                hist[i], last = zero, zero
+                path, last, seen_now = _Path(zero), zero, frozenset()
             else:
-                hist[i] = hist[node.parent] + enc[row]
-                last = enc[row]
-            path = tree.path(i)[1:]
-            lps = [tree[j].stats.mean_logprob for j in path if tree[j].stats.mean_logprob is not None]
+                up = paths[node.parent]
+                last = rows[i]
+                words = {w.lower() for w in _WORD.findall(node.obs_text)} if node.obs_text else set()
+                seen_now = terms.intersection(words)
+                st = node.stats
+                path = _Path(
+                    up.hist + last, up.calls + node.tool_calls, up.errors + node.tool_errors,
+                    up.gen + node.generated_tokens,
+                    up.lp_sum + (st.mean_logprob or 0.0), up.lp_n + (st.mean_logprob is not None),
+                    up.ent_sum + (st.entropy or 0.0), up.ent_n + (st.entropy is not None),
+                    up.found | seen_now,
+                )
+            paths[i] = path
+            hist_u, last_u = _unit(path.hist), _unit(last)
+            st = node.stats
             numeric = np.array(
                 [
                     node.depth / self.max_turns,
-                    np.log1p(sum(tree[j].tool_calls for j in path)),
-                    np.log1p(sum(tree[j].tool_errors for j in path)),
-                    node.stats.mean_logprob or 0.0,
-                    float(np.mean(lps)) if lps else 0.0,
-                    np.log1p(sum(tree[j].generated_tokens for j in path)) / 8.0,
+                    np.log1p(path.calls),
+                    np.log1p(path.errors),
+                    1.0 if node.tool_errors else 0.0,
+                    st.mean_logprob or 0.0,
+                    path.lp_sum / path.lp_n if path.lp_n else 0.0,
+                    st.entropy or 0.0,
+                    path.ent_sum / path.ent_n if path.ent_n else 0.0,
+                    1.0 if path.ent_n else 0.0,
+                    np.log1p(path.gen) / 8.0,
                     np.log1p(len(node.obs_ids)) / 8.0,
                     1.0 if i == ROOT else 0.0,
+                    len(seen_now) / n_terms,
+                    len(path.found) / n_terms,
+                    len(seen_now & ents) / n_ents,
+                    len(path.found & ents) / n_ents,
+                    float(prompt_vec @ last_u),
+                    float(prompt_vec @ hist_u),
                 ],
                 np.float32,
             )
-            node.features = np.concatenate([prompt_vec, _unit(hist[i]), _unit(last), numeric]).astype(np.float32)
+            node.features = np.concatenate([prompt_vec, hist_u, last_u, numeric]).astype(np.float32)

@@ -91,7 +91,7 @@ class HybridPredictor(Predictor):
         shared = self.shared.predict(anchors)  # before the update: out-of-sample for this batch
         m = shared.p
         metrics = calibration_report(self._posterior(shared, anchors.keys).p, y, prefix="predictor/hybrid_")
-        metrics.update(self.shared.update(anchors, outcomes))
+        metrics.update(self.shared.update(anchors, outcomes, before=shared))
         metrics.update(self.beta.update(anchors, outcomes))
         if self.shared.updates > 1:  # the first update's "means" are the untrained 0.5 everywhere
             fit = fit_concentration(*group_by_key(anchors.keys, y, m), kappa_max=self.kappa_max)

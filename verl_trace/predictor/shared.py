@@ -40,12 +40,17 @@ class EnsemblePredictor(Predictor):
         batch_size: int = 256,
         buffer_size: int = 20_000,
         seed: int = 0,
+        replay_discount: float = 1.0,
     ):
         for name, v in [("members", members), ("hidden", hidden), ("batch_size", batch_size), ("buffer_size", buffer_size)]:
             if v < 1:
                 raise ValueError(f"predictor.{name} must be >= 1, got {v}")
         if steps_per_update < 0:
             raise ValueError("predictor.steps_per_update must be >= 0")
+        if not 0.0 < replay_discount <= 1.0:
+            raise ValueError(f"predictor.replay_discount must be in (0, 1], got {replay_discount}")
+        # A row from k updates ago weighs replay_discount ** k: the policy moved since (issue 15).
+        self.replay_discount = replay_discount
         self.members, self.hidden, self.lr, self.weight_decay = members, hidden, lr, weight_decay
         self.steps_per_update, self.batch_size, self.buffer_size = steps_per_update, batch_size, buffer_size
         self.seed = seed
@@ -55,6 +60,8 @@ class EnsemblePredictor(Predictor):
         self._opt: torch.optim.Optimizer | None = None
         self._bx = np.zeros((0, 0), np.float32)
         self._by = np.zeros(0, np.float32)
+        self._bw = np.zeros(0, np.float32)  # row weights (AnchorBatch.weight; 1 when not given)
+        self._bt = np.zeros(0, np.int64)  # the update that added each row
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
         self.updates = 0
@@ -105,48 +112,65 @@ class EnsemblePredictor(Predictor):
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """(n, d) -> (members, n) probabilities. Inference runs in numpy on a copy of the weights
-        taken after each update, with all members' first layers as one (d, members * hidden)
-        GEMM: the planner predicts a handful of anchors at a time, where torch's per-op dispatch
+        taken after each update: the input normalization folded into the first layer, all members'
+        first layers as one (d, members * hidden) GEMM and their second layers as one block-diagonal
+        GEMM. The planner predicts a handful of anchors at a time, where torch's per-op dispatch
         costs more than the arithmetic, and the trainer tens of thousands, where one GEMM wins."""
         if self._np is None:
             p = {k: v.detach().numpy() for k, v in self.params.items()}
             k, d, h = p["w1"].shape
-            self._np = {
-                "w1": np.ascontiguousarray(p["w1"].transpose(1, 0, 2).reshape(d, k * h)),
-                "b1": p["b1"].reshape(k * h).copy(),
-                "w2": p["w2"].reshape(k, h).copy(),
-                "b2": p["b2"].reshape(k).astype(np.float64),
-            }
+            w1 = p["w1"].transpose(1, 0, 2).reshape(d, k * h).astype(np.float64)
+            b1 = p["b1"].reshape(k * h).astype(np.float64)
+            if self._mu is not None:  # fold the input normalization into the first layer, once
+                w1 = w1 / self._sd.astype(np.float64)[:, None]
+                b1 = b1 - self._mu.astype(np.float64) @ w1
+            # block-diagonal second layer: all members' logits in one GEMM, (k * h, k)
+            w2 = np.zeros((k * h, k), np.float32)
+            for m in range(k):
+                w2[m * h : (m + 1) * h, m] = p["w2"][m, :, 0]
+            self._np = {"w1": np.ascontiguousarray(w1, np.float32), "b1": b1.astype(np.float32), "w2": w2,
+                        "b2": p["b2"].reshape(k).astype(np.float64)}
         w = self._np
-        if self._mu is not None:
-            x = (x - self._mu) / self._sd
-        h = np.maximum(x.astype(np.float32, copy=False) @ w["w1"] + w["b1"], 0.0)
-        k = w["w2"].shape[0]
-        logits = np.einsum("nkh,kh->kn", h.reshape(len(x), k, -1), w["w2"]).astype(np.float64) + w["b2"][:, None]
+        h = x.astype(np.float32, copy=False) @ w["w1"]
+        h += w["b1"]
+        np.maximum(h, 0.0, out=h)
+        logits = (h @ w["w2"]).T.astype(np.float64) + w["b2"][:, None]
         return sigmoid(logits)
 
-    def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
+    def update(self, anchors: AnchorBatch, outcomes: np.ndarray, before: Prediction | None = None) -> dict[str, float]:
+        """``before``: this model's prediction for ``anchors`` if the caller already made it (the
+        hybrid does), so the calibration report does not run the forward pass twice."""
         y = check_outcomes(anchors, outcomes)
         if not len(anchors):
             return {}
         x = self._features(anchors)
-        metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/shared_")
+        metrics = calibration_report((self.predict(anchors) if before is None else before).p, y, prefix="predictor/shared_")
         if self.dim is None:
             self._build(x.shape[1])
-        self._bx = np.concatenate([self._bx, x.astype(np.float32)])[-self.buffer_size :]
-        self._by = np.concatenate([self._by, y.astype(np.float32)])[-self.buffer_size :]
+        w = np.ones(len(y)) if anchors.weight is None else anchors.weight
+        keep = w > 0  # zero-weight rows teach the model nothing: keep them out of the buffer
+        self._bx = np.concatenate([self._bx, x[keep].astype(np.float32)])[-self.buffer_size :]
+        self._by = np.concatenate([self._by, y[keep].astype(np.float32)])[-self.buffer_size :]
+        self._bw = np.concatenate([self._bw, w[keep].astype(np.float32)])[-self.buffer_size :]
+        self._bt = np.concatenate([self._bt, np.full(int(keep.sum()), self.updates)])[-self.buffer_size :]
+        if not len(self._by):  # nothing to learn from yet
+            return metrics
         self._mu = self._bx.mean(0)
         self._sd = self._bx.std(0) + 1e-3
-        bx, by = self._norm(self._bx), torch.from_numpy(self._by)
+        bw = self._bw
+        if self.replay_discount < 1.0:
+            bw = bw * self.replay_discount ** (self.updates - self._bt).astype(np.float32)
+        bx, by, bw = self._norm(self._bx), torch.from_numpy(self._by), torch.from_numpy(np.asarray(bw, np.float32))
         n = by.shape[0]
         loss_val = float("nan")
         for _ in range(self.steps_per_update):
             idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self._gen)
             logits = self._logits(bx[idx])
-            # Bootstrap: each member weighs the minibatch with its own Poisson(1) draws.
-            w = torch.poisson(torch.ones(self.members, idx.numel()), generator=self._gen)
+            # Bootstrap: each member weighs the minibatch with its own Poisson(1) draws, times the
+            # rows' own weights.
+            w = torch.poisson(torch.ones(self.members, idx.numel()), generator=self._gen) * bw[idx]
             target = by[idx].unsqueeze(0).expand_as(logits)
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum().clamp_min(1e-6)
             self._opt.zero_grad()
             loss.backward()
             self._opt.step()
@@ -172,6 +196,8 @@ class EnsemblePredictor(Predictor):
             "optimizer": None if self._opt is None else copy.deepcopy(self._opt.state_dict()),
             "buffer_x": self._bx.copy(),
             "buffer_y": self._by.copy(),
+            "buffer_w": self._bw.copy(),
+            "buffer_t": self._bt.copy(),
             "mu": None if self._mu is None else self._mu.copy(),
             "sd": None if self._sd is None else self._sd.copy(),
             "rng": self._gen.get_state().clone(),
@@ -194,6 +220,8 @@ class EnsemblePredictor(Predictor):
                 self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._bx = np.asarray(state["buffer_x"], np.float32)
         self._by = np.asarray(state["buffer_y"], np.float32)
+        self._bw = np.asarray(state.get("buffer_w", np.ones(len(self._by))), np.float32)
+        self._bt = np.asarray(state.get("buffer_t", np.full(len(self._by), self.updates)), np.int64)
         self._mu = None if state["mu"] is None else np.asarray(state["mu"], np.float32)
         self._sd = None if state["sd"] is None else np.asarray(state["sd"], np.float32)
         self._gen.set_state(state["rng"])

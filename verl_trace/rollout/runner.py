@@ -73,7 +73,11 @@ class TreePrompt:
         featurizers read; tokens come with the first turn)."""
         msgs = self.row["raw_prompt"]
         text = "\n".join(m["content"] for m in msgs if isinstance(m.get("content"), str))
-        return RolloutTree(self.uid, (), text, key=self.key)
+        tree = RolloutTree(self.uid, (), text, key=self.key)
+        users = [m["content"] for m in msgs if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        if users:  # what the predictor's featurizer matches observations against (predictor/featurize.py)
+            tree.meta["question"] = users[-1]
+        return tree
 
 
 @dataclass
