@@ -1,24 +1,30 @@
-"""CPU end-to-end: learning efficiency of rollout allocators at equal sampling cost.
+"""CPU end-to-end: learning efficiency of rollout allocators, through verl's trainer.
 
-    nice python benchmarks/e2e_cpu.py --out results.json [--seeds 3] \\
-        [--allocators uniform,tree_random,trace] [--steps 30] [--eval-every 3] [--work-dir outputs/e2e_cpu] \
-        [--plot docs/img/e2e_cpu.png] [--only-seeds 0,2] [--set trace.allocation.pool_factor=1]
+    nice python benchmarks/e2e_cpu.py --out results.json [--seeds 8] [--budget leaves|tokens] \\
+        [--allocators uniform,tree_random,trace] [--steps 30] [--eval-every 10] [--work-dir outputs/e2e_cpu] \\
+        [--plot docs/img/e2e_cpu.png] [--only-seeds 0,2] [--set rl.lr=2e-4] [--quick]
 
-For each seed, one warm start (tokenizer, tiny model, demonstrations, supervised phase) is built
-and every allocator's RL run starts from that same checkpoint, with the same leaf budget per step,
-the same number of steps, the same held-out questions and one shared retrieval server. Each run is
-the demo's own job (``verl_trace.demo.cli.run``), so it writes its full report under
-``WORK_DIR/seed<N>/<allocator>/``; a finished run found there is reused, so an interrupted
-benchmark continues where it stopped.
+Every run is the CPU demo's job (``verl_trace.demo.cli.run``): RL through
+``python -m verl_trace.main_trace`` on CPU with verl's validation as the held-out evaluation. Per
+seed, one warm start is built and every allocator starts from it, with the same prompts per step,
+the same steps and the same held-out questions, against one shared retrieval server. Runs are
+paired by seed. A finished run found in ``--work-dir`` is reused, so an interrupted benchmark
+continues where it stopped.
 
-Results: per allocator, final held-out accuracy (mean, std over seeds), the accuracy curve against
-cumulative generated tokens (means over seeds at each evaluation), and the generated tokens it
-needed to first reach uniform's final accuracy of the same seed (median over seeds; seeds that
-never reach it are counted as not reached), plus per-step effective-sample ratio, tokens and
-predictor calibration. ``--probe-steps N`` adds N rollout steps per allocator and seed at the
-warm-start policy without updates: how each allocator spends the budget (effective-sample ratio,
-mixed roots, how often a branched prefix came out mixed, advantage magnitudes) and how good the
-predictor is in its first steps.
+Budgets (``--budget``):
+
+* ``leaves``: every method spends the same leaves per step (``rl.prompts_per_step *
+  rl.leaves_per_prompt``), as GRPO with ``rollout.n`` does.
+* ``tokens``: every method gets uniform's generated tokens per step (the mean over uniform's
+  steps of the same seed, from its ``leaves`` run, as ``trace.budget.tokens``, a hard cap), and
+  up to ``--leaves-factor`` times the leaves: the tree methods turn the tokens their shared
+  prefixes save into more leaves. uniform itself is its ``leaves`` run.
+
+Results: per allocator, final held-out accuracy (mean, sd, per seed), the accuracy curve against
+generated tokens, the tokens it needed to first reach uniform's final accuracy of the same seed;
+and ``paired_vs_uniform``: per allocator, the final-accuracy difference to uniform (mean over seeds,
+paired-bootstrap 95% CI) and the ratio of those tokens to uniform's total tokens (median over
+seeds, paired-bootstrap 95% CI; a seed that never reaches uniform's final counts as infinite).
 """
 
 from __future__ import annotations
@@ -33,111 +39,64 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from verl_trace.allocation import pool_size
-from verl_trace.demo import cli, warm_start
-from verl_trace.demo.learner import LeafBatch, compute_advantages
+from verl_trace.demo import cli
 from verl_trace.demo.progress import DemoProgress
-from verl_trace.demo.rl import RLRun
 from verl_trace.demo.settings import make_settings
 from verl_trace.demo.world import MINI_DIR
-from verl_trace.metrics import forest_metrics
 from verl_trace.tools.retrieval_server.process import RetrievalServerProcess
 
+BUDGETS = ("leaves", "tokens")
 
-def run_all(allocators: list[str], seeds: list[int], overrides: dict[str, Any], work: Path, quick: bool,
-            progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
+
+def run_dir(work: Path, seed: int, budget: str, alloc: str) -> Path:
+    """uniform is the reference of both budgets: its one run is the ``leaves`` run."""
+    return work / f"seed{seed}" / ("leaves" if alloc == "uniform" else budget) / alloc
+
+
+def finished(out: Path) -> dict[str, Any] | None:
+    done = out / "report.json"
+    if done.is_file() and (rep := json.loads(done.read_text())).get("status") == "completed":
+        return rep
+    return None
+
+
+def token_budget_overrides(uniform: dict[str, Any], overrides: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``--budget tokens``: uniform's mean generated tokens per step as a hard cap, and
+    ``factor`` times the leaves per prompt so that the tokens, not the leaves, bind."""
+    tokens = [r["tokens"] for r in uniform["curves"]["train"] if r.get("tokens")]
+    per_step = int(np.mean(tokens))
+    leaves = int(round(factor * uniform["budget"]["leaves_per_prompt"]))
+    trace = dict(overrides.get("trace", {}))
+    trace["budget"] = {**trace.get("budget", {}), "tokens": per_step, "leaves_per_prompt": leaves}
+    return {**overrides, "trace": trace}
+
+
+def run_all(allocators: list[str], seeds: list[int], budget: str, overrides: dict[str, Any], work: Path, quick: bool,
+            factor: float, progress: DemoProgress) -> dict[str, dict[int, dict[str, Any]]]:
     reports: dict[str, dict[int, dict[str, Any]]] = {a: {} for a in allocators}
+    order = ["uniform", *(a for a in allocators if a != "uniform")]  # tokens: uniform first, it sets the budget
     with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", work / "retrieval_server.log") as server:
         for seed in seeds:
-            for alloc in allocators:
-                out = work / f"seed{seed}" / alloc
-                done = out / "report.json"
-                if done.is_file() and json.loads(done.read_text()).get("status") == "completed":
-                    progress.log(f"seed {seed} {alloc}: reusing {done}")
-                    reports[alloc][seed] = json.loads(done.read_text())
-                    continue
-                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides=overrides)
-                progress.log(f"seed {seed} {alloc}: {settings.rl.steps} steps x {settings.leaves_per_step} leaves")
-                t0 = time.perf_counter()
-                rep = cli.run(settings, out, quick=quick, resume=True, progress=progress,
-                              warm_dir=work / f"seed{seed}" / "warm_start", retrieve_url=server.retrieve_url)
-                progress.log(f"seed {seed} {alloc}: start {rep['start_accuracy']:.3f} final {rep['final_accuracy']:.3f} "
-                             f"tokens {rep['generated_tokens']:,} ({time.perf_counter() - t0:.0f}s)")
-                reports[alloc][seed] = rep
-    return reports
-
-
-def probe_step_metrics(run: RLRun) -> dict[str, float]:
-    """One rollout step of ``run``'s allocator with the policy held fixed (no update): how the
-    budget was spent and what the estimator makes of it. The predictor still learns from the step,
-    as in training, so its AUC over probe steps shows how fast it becomes useful."""
-    s = run.settings
-    step = run.history.step + 1
-    pool = run.sampler.take(pool_size(run.trace_cfg.allocation.pool_factor, s.rl.prompts_per_step))
-    result = run.agent.rollout(pool, run.trace_cfg, n_roots=s.rl.prompts_per_step, leaves=s.leaves_per_step,
-                               temperature=s.rl.temperature, predictor=run.predictor, featurizer=run.featurizer,
-                               rng=np.random.default_rng([s.seed, 10_000 + step]), uid_prefix=f"p{step}-")
-    run.history.steps.append({})  # only advances the step counter (uids, RNG streams)
-    batch = LeafBatch.from_leaves(result.leaves)
-    adv = compute_advantages(batch, s.estimator, run.trace_cfg.advantage)
-    gen = batch.response_mask.bool()
-    nonzero = (adv != 0) & gen
-    m = forest_metrics(result.trees.values(), s.estimator, run.trace_cfg.advantage, run.trace_cfg.success_threshold,
-                       prefix="")
-    branched = mixed = 0
-    p_hat, rate = [], []
-    for tree in result.trees.values():
-        succ, fail = tree.subtree_outcomes(run.trace_cfg.success_threshold)
-        for node in tree.nodes[1:]:
-            if len(node.children) >= 2:
-                branched += 1
-                mixed += int(succ[node.node_id] > 0 and fail[node.node_id] > 0)
-                if "p_hat" in node.meta:
-                    p_hat.append(node.meta["p_hat"])
-                    rate.append(succ[node.node_id] / max(1, succ[node.node_id] + fail[node.node_id]))
-    anchors, outcomes = result.training_batch()
-    pred = run.predictor.update(anchors, outcomes) if len(anchors) else {}
-    return {
-        "reward_mean": float(np.mean([leaf.output.reward_score for leaf in result.leaves])),
-        "effective_sample_ratio": m["effective_sample_ratio"],
-        "mixed_root_ratio": m["mixed_root_ratio"],
-        "informative_per_1k_tokens": m["informative_per_1k_tokens"],
-        "tokens": m["tokens_generated"],
-        "tokens_saved": m["tokens_saved"],
-        "branch_points": m["branch_points"],
-        "branched_mixed_ratio": mixed / branched if branched else float("nan"),
-        "branched_p_hat_mean": float(np.mean(p_hat)) if p_hat else float("nan"),
-        "branched_success_rate_mean": float(np.mean(rate)) if rate else float("nan"),
-        "adv_nonzero_token_ratio": float(nonzero.sum() / gen.sum().clamp(min=1)),
-        "adv_abs_mean_nonzero": float(adv[nonzero].abs().mean()) if bool(nonzero.any()) else 0.0,
-        "predictor_auc": pred.get("predictor/hybrid_auc", float("nan")),
-        "predictor_brier": pred.get("predictor/hybrid_brier", float("nan")),
-    }
-
-
-def probe(allocators: list[str], seeds: list[int], steps: int, overrides: dict[str, Any], work: Path, quick: bool,
-          progress: DemoProgress) -> dict[str, Any]:
-    """Allocation at a fixed policy (each seed's warm start): ``steps`` rollout steps per
-    allocator, no updates. Separates what each allocator does with the budget from how the
-    policy then learns."""
-    out: dict[str, Any] = {}
-    with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", work / "retrieval_server_probe.log") as server:
-        for alloc in allocators:
-            rows = []
-            for seed in seeds:
-                settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides=overrides)
-                warm = warm_start.find(work / f"seed{seed}" / "warm_start", settings)
-                if warm is None:
-                    raise FileNotFoundError(f"no warm start for seed {seed} in {work}: run the benchmark first")
-                run = RLRun(settings, warm, work / f"seed{seed}" / f"probe_{alloc}", server.retrieve_url, progress)
-                try:
-                    rows += [probe_step_metrics(run) for _ in range(steps)]
-                finally:
-                    run.close()
-            out[alloc] = {"steps": rows, "mean": {k: _nanmean([r[k] for r in rows]) for k in rows[0]},
-                          "first_step_mean": {k: _nanmean([r[k] for r in rows[::steps]]) for k in rows[0]}}
-            progress.log(f"probe {alloc}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[alloc]["mean"].items()))
-    return out
+            for alloc in order:
+                out = run_dir(work, seed, budget, alloc)
+                if (rep := finished(out)) is not None:
+                    progress.log(f"seed {seed} {alloc}: reusing {out / 'report.json'}")
+                else:
+                    extra = overrides
+                    if budget == "tokens" and alloc != "uniform":
+                        extra = token_budget_overrides(reports["uniform"][seed], overrides, factor)
+                    settings = make_settings(quick=quick, allocator=alloc, seed=seed, overrides=extra)
+                    progress.log(f"seed {seed} {alloc} ({budget}): {settings.rl.steps} steps x "
+                                 f"{settings.leaves_per_step} leaves" + (f", <= {settings.trace.budget.tokens} tokens"
+                                                                          if settings.trace.budget.tokens else ""))
+                    t0 = time.perf_counter()
+                    rep = cli.run(settings, out, quick=quick, resume=True, progress=progress,
+                                  warm_dir=work / f"seed{seed}" / "warm_start", retrieve_url=server.retrieve_url)
+                    progress.log(f"seed {seed} {alloc}: start {rep['start_accuracy']:.3f} final "
+                                 f"{rep['final_accuracy']:.3f} tokens {rep['generated_tokens']:,} "
+                                 f"({time.perf_counter() - t0:.0f}s)")
+                reports.setdefault(alloc, {})[seed] = rep
+    return {a: reports[a] for a in allocators}
 
 
 def first_reach(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -145,47 +104,38 @@ def first_reach(curve: list[tuple[float, float]], target: float) -> float | None
     return next((tokens for tokens, acc in curve if acc >= target - 1e-12), None)
 
 
+def paired_bootstrap(values: list[float], statistic: str, draws: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """``statistic`` (mean or median) of per-seed paired values with a percentile bootstrap 95% CI
+    over seeds (resampled with replacement). Infinite values (never reached) stay infinite."""
+    x = np.asarray(values, dtype=float)
+    stat = np.mean if statistic == "mean" else np.median
+    if len(x) == 0:
+        return {statistic: None, "ci95": [None, None], "seeds": 0}
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(draws, len(x)))
+    boot = stat(x[idx], axis=1)
+    lo, hi = np.quantile(boot, 0.025, method="lower"), np.quantile(boot, 0.975, method="higher")
+    return {statistic: float(stat(x)), "ci95": [float(lo), float(hi)], "seeds": int(len(x))}
+
+
 def per_step(runs: list[list[dict[str, float]]], key: str) -> list[float]:
-    """Mean over runs (seeds) of ``key`` at each RL step (NaN-aware: AUC is undefined on a step
-    whose outcomes are all equal)."""
+    """Mean over runs (seeds) of ``key`` at each RL step (NaN-aware)."""
     n = min(len(r) for r in runs)
-    return [_nanmean([r[i].get(key, np.nan) for r in runs]) for i in range(n)]
+    return [_nanmean([r[i].get(key) for r in runs]) for i in range(n)]
 
 
-def early_late(values: list[float]) -> dict[str, float]:
-    k = max(1, len(values) // 3)
-    return {"first_third": _nanmean(values[:k]), "last_third": _nanmean(values[-k:])}
-
-
-def _finite(value: Any) -> Any:
-    """NaN (e.g. AUC of a step whose outcomes were all equal) as null: strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _finite_median(values: list[float]) -> float | None:
-    """Median, or None when it is infinite (most seeds never got there) or there are no values."""
-    med = float(np.median(values)) if values else np.inf
-    return med if np.isfinite(med) else None
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
+def _nanmean(values: list[Any]) -> float:
+    finite = [float(v) for v in values if isinstance(v, int | float) and np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+def summarize(reports: dict[str, dict[int, dict[str, Any]]], budget: str) -> dict[str, Any]:
     seeds = sorted(set.intersection(*(set(r) for r in reports.values())))
     uniform = reports.get("uniform", {})
-    out: dict[str, Any] = {"seeds": seeds, "allocators": {}}
-    starts = [reports[a][s]["start_accuracy"] for a in reports for s in seeds]
-    out["start_accuracy"] = float(np.mean(starts))
-    out["start_accuracy_per_seed"] = {s: reports[next(iter(reports))][s]["start_accuracy"] for s in seeds}
+    out: dict[str, Any] = {"budget": budget, "seeds": seeds, "allocators": {}, "paired_vs_uniform": {}}
+    first = reports[next(iter(reports))]
+    out["start_accuracy"] = float(np.mean([first[s]["start_accuracy"] for s in seeds]))
+    out["start_accuracy_per_seed"] = {s: first[s]["start_accuracy"] for s in seeds}
+    out["eval_questions"] = first[seeds[0]]["eval_questions"]
     for alloc, by_seed in reports.items():
         curves = {s: [(e["cumulative_tokens"], e["accuracy"]) for e in by_seed[s]["curves"]["eval"]] for s in seeds}
         finals = [by_seed[s]["final_accuracy"] for s in seeds]
@@ -194,24 +144,21 @@ def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
                       for i in range(n_points)]
         reach, ratios = [], []
         for s in seeds:
-            if s not in uniform:
-                continue
-            tokens = first_reach(curves[s], uniform[s]["final_accuracy"])
-            reach.append(tokens)
-            ratios.append(tokens / uniform[s]["generated_tokens"] if tokens is not None else np.inf)
-        reached = [t for t in reach if t is not None]
+            if s in uniform:
+                tokens = first_reach(curves[s], uniform[s]["final_accuracy"])
+                reach.append(tokens)
+                ratios.append(tokens / uniform[s]["generated_tokens"] if tokens is not None else np.inf)
         train = [by_seed[s]["curves"]["train"] for s in seeds]
-
         out["allocators"][alloc] = {
             "estimator": by_seed[seeds[0]]["estimator"],
-            "final_accuracy": {"mean": float(np.mean(finals)), "std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+            "final_accuracy": {"mean": float(np.mean(finals)),
+                               "std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
                                "per_seed": dict(zip(seeds, finals))},
+            "final_accuracy_standard_error": _nanmean([by_seed[s].get("final_accuracy_standard_error") for s in seeds]),
             "tokens_to_reach_uniform_final": {
-                # medians over seeds, a seed that never reached it counting as infinitely many tokens
                 "median": _finite_median([t if t is not None else np.inf for t in reach]),
                 "per_seed": dict(zip([s for s in seeds if s in uniform], reach)),
-                "reached": len(reached),
-                "ratio_to_uniform_total_median": _finite_median(ratios),
+                "reached": sum(t is not None for t in reach),
             },
             "generated_tokens": {"mean": float(np.mean([by_seed[s]["generated_tokens"] for s in seeds])),
                                  "per_seed": {s: by_seed[s]["generated_tokens"] for s in seeds}},
@@ -219,15 +166,34 @@ def summarize(reports: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             "curve_per_seed": {s: [list(p) for p in c] for s, c in curves.items()},
             "steps": by_seed[seeds[0]]["steps"],
             "leaves_per_step": by_seed[seeds[0]]["budget"]["leaves_per_step"],
-            "per_step": {k: per_step(train, k) for k in ("tokens", "reward_mean", "effective_sample_ratio", "mixed_root_ratio",
-                                                   "branch_points", "tokens_saved", "predictor/hybrid_auc",
-                                                   "predictor/hybrid_brier", "seconds")},
-            "effective_sample_ratio": early_late(per_step(train, "effective_sample_ratio")),
-            "predictor_auc": early_late(per_step(train, "predictor/hybrid_auc")),
-            "predictor_brier": early_late(per_step(train, "predictor/hybrid_brier")),
+            "leaves_per_step_observed": _nanmean([r["leaves"] for t in train for r in t]),
+            "tokens_per_step": _nanmean([r["tokens"] for t in train for r in t]),
+            "per_step": {k: per_step(train, k) for k in ("tokens", "leaves", "reward_mean", "effective_sample_ratio",
+                                                         "mixed_root_ratio", "branch_points", "tokens_saved",
+                                                         "predictor/auc", "predictor/brier", "seconds")},
             "seconds_rl_median": float(np.median([by_seed[s]["seconds"]["rl"] for s in seeds])),
         }
+        if alloc != "uniform" and uniform:
+            diffs = [by_seed[s]["final_accuracy"] - uniform[s]["final_accuracy"] for s in seeds if s in uniform]
+            out["paired_vs_uniform"][alloc] = {"final_accuracy_diff": paired_bootstrap(diffs, "mean"),
+                                               "tokens_ratio": paired_bootstrap(ratios, "median")}
     return out
+
+
+def _finite_median(values: list[float]) -> float | None:
+    med = float(np.median(values)) if values else np.inf
+    return med if np.isfinite(med) else None
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -243,13 +209,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         tokens, acc = curves[:, :, 0].mean(0), curves[:, :, 1]
         line = axes[0].plot(tokens / 1e3, acc.mean(0), marker="o", ms=3, label=f"{alloc} (advantage: {res['estimator']})")[0]
         if len(seeds) > 1:
-            axes[0].fill_between(tokens / 1e3, acc.mean(0) - acc.std(0, ddof=1), acc.mean(0) + acc.std(0, ddof=1),
-                                 color=line.get_color(), alpha=0.15)
+            axes[0].fill_between(tokens / 1e3, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15)
         esr = res["per_step"]["effective_sample_ratio"]
         axes[1].plot(range(1, len(esr) + 1), esr, color=line.get_color(), label=alloc)
     axes[0].set_xlabel("generated tokens in RL rollouts (thousands)")
-    axes[0].set_ylabel("held-out accuracy (EM)")
-    axes[0].set_title(f"mean ± sd over seeds {summary['seeds']}", fontsize=10)
+    axes[0].set_ylabel(f"held-out accuracy (EM, {summary['eval_questions']} questions)")
+    axes[0].set_title(f"budget: equal {summary['budget']}; mean and range over seeds {summary['seeds']}", fontsize=10)
     axes[1].set_xlabel("RL step")
     axes[1].set_ylabel("effective-sample ratio")
     axes[1].set_title("leaves with a non-zero advantage (mean over seeds)", fontsize=10)
@@ -269,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-seeds", help="comma list: run just these seeds (e.g. one process per core sharing "
                                         "--work-dir; a final run without it collects every seed)")
     p.add_argument("--allocators", default="uniform,tree_random,trace")
+    p.add_argument("--budget", choices=BUDGETS, default="leaves", help="what every method gets the same of per step")
+    p.add_argument("--leaves-factor", type=float, default=2.0,
+                   help="--budget tokens: leaves per prompt as a multiple of uniform's (default 2)")
     p.add_argument("--steps", type=int, help="RL steps per run (default: the demo's preset)")
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (default: the demo's preset)")
     p.add_argument("--work-dir", type=Path, default=Path("outputs/e2e_cpu"))
@@ -277,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a demo setting for every run, e.g. --set trace.allocation.pool_factor=1 (an "
                         "ablation: give it its own --work-dir; warm starts of the same seed can be copied in)")
     p.add_argument("--quick", action="store_true", help="the demo's quick preset (a smoke run, not a measurement)")
-    p.add_argument("--probe-steps", type=int, default=0,
-                   help="then N rollout steps per allocator and seed at the warm-start policy, without updates "
-                        "(allocation quality, predictor quality early on)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
@@ -292,29 +257,28 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--only-seeds takes a comma list of integers, got {args.only_seeds!r}")
     if not seeds or min(seeds) < 0 or not allocators:
         p.error("need at least one non-negative seed and one allocator")
+    if args.budget == "tokens" and "uniform" not in allocators:
+        p.error("--budget tokens compares with uniform: list it in --allocators")
+    try:
+        overrides = cli.overrides(args.set, args.steps)
+    except ValueError as e:
+        p.error(str(e))
+    if args.eval_every is not None:
+        overrides.setdefault("eval", {})["every"] = args.eval_every
+    try:  # every run's settings are checked before anything starts
+        for alloc in allocators:
+            make_settings(quick=args.quick, allocator=alloc, seed=seeds[0], overrides=overrides)
+    except ValidationError as e:
+        p.error(f"invalid settings: {e}")
     t0 = time.perf_counter()
     with DemoProgress(enabled=not args.no_progress) as progress:
         try:
-            overrides = cli.overrides(args.set, args.steps)
-        except ValueError as e:
-            p.error(str(e))
-        if args.eval_every is not None:
-            overrides.setdefault("rl", {})["eval_every"] = args.eval_every
-        try:  # every run's settings are checked before anything starts
-            for alloc in allocators:
-                make_settings(quick=args.quick, allocator=alloc, seed=seeds[0], overrides=overrides)
-        except ValidationError as e:
-            p.error(f"invalid settings: {e}")
-        try:
-            reports = run_all(allocators, seeds, overrides, args.work_dir, args.quick, progress)
-            probed = (probe(allocators, seeds, args.probe_steps, overrides, args.work_dir, args.quick, progress)
-                      if args.probe_steps else None)
+            reports = run_all(allocators, seeds, args.budget, overrides, args.work_dir, args.quick, args.leaves_factor,
+                              progress)
         except KeyboardInterrupt:
             progress.log(f"interrupted; the same command continues from {args.work_dir}")
             return 130
-    summary = summarize(reports)
-    if probed is not None:
-        summary["probe"] = probed
+    summary = summarize(reports, args.budget)
     summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
                     "seconds": time.perf_counter() - t0})
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,9 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(summary, args.plot)
     for alloc, res in summary["allocators"].items():
-        fa, reach = res["final_accuracy"], res["tokens_to_reach_uniform_final"]
-        print(f"{alloc:12s} final {fa['mean']:.3f} ± {fa['std']:.3f}  tokens {res['generated_tokens']['mean']:,.0f}  "
-              f"reach uniform final: median {reach['median']}  ({reach['reached']}/{len(summary['seeds'])} seeds)")
+        fa = res["final_accuracy"]
+        line = f"{alloc:12s} final {fa['mean']:.3f} ± {fa['std']:.3f}  tokens {res['generated_tokens']['mean']:,.0f}"
+        if alloc in summary["paired_vs_uniform"]:
+            d = summary["paired_vs_uniform"][alloc]
+            diff, ratio = d["final_accuracy_diff"], d["tokens_ratio"]
+            line += (f"  vs uniform: {diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]  tokens ratio "
+                     f"{ratio['median']} {ratio['ci95']}")
+        print(line)
     return 0
 
 

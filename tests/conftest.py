@@ -17,8 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from verl_trace.tree import LeafStatus, RolloutTree
+
+# No per-example time limit: on 2 shared cores a trivial example took 319 ms once (hypothesis'
+# default deadline is 200 ms), which measures the machine's load, not the code.
+settings.register_profile("shared-cpu", deadline=None)
+settings.load_profile("shared-cpu")
 
 
 def _sigmoid(z: float) -> float:

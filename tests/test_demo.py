@@ -1,28 +1,19 @@
-"""The CPU demo (verl_trace.demo): the teacher's mistakes, settings, checkpoints and the tree
-rendering here; the whole ``--quick`` job (real server, model, agent loop, RL updates),
-interrupted and resumed, in the slow test."""
+"""The CPU demo's parts (verl_trace.demo): the teacher's mistakes, settings, the model class that
+shares name updates, the Hydra overrides main_trace runs with (composed with verl's real config),
+reading verl's metrics and validation files, the tree rendering. The whole ``--quick`` job
+through verl's trainer is tests/test_demo_job.py (slow)."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-from verl_trace.demo import checkpoint, render
+from verl_trace.demo import render
 from verl_trace.demo.demonstrations import Teacher, answer_text, search_text
-from verl_trace.demo.settings import TeacherSettings, make_settings
+from verl_trace.demo.settings import ALLOCATORS, TeacherSettings, first_difference, make_settings
 from verl_trace.demo.world import load_split
 from verl_trace.tree import LeafStatus, RolloutTree
-
-ROOT = Path(__file__).resolve().parents[1]
 
 OBS = 'Doc 1(Title: "{t}") {t} was born in Brumar. {t} founded Kavaixtek.'
 
@@ -76,36 +67,133 @@ def test_settings_name_the_bad_field():
     assert s.estimator == "tree_grpo" and s.trace.seed == 3 and s.leaves_per_step == 16
 
 
-def test_entropy_trains_with_flat_grpo_over_the_tree():
-    """ARPO's pairing (``EntropyAllocator.estimator``): GRPO over all leaves of a tree as one group,
-    i.e. verl's GRPO on the same rows, whatever the tree's shape (failed leaves aside)."""
-    import numpy as np
-    import torch
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
-
-    from verl_trace.config import AdvantageConfig
-    from verl_trace.demo.learner import LeafBatch, compute_advantages
-
-    assert make_settings(allocator="entropy").estimator == "grpo"
-    mask = torch.ones(4, 3)
-    rewards = torch.zeros(4, 3)
-    rewards[:, -1] = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    batch = LeafBatch(prompts=[[1]] * 4, responses=[[1, 2, 3]] * 4, response_mask=mask, old_log_probs=torch.zeros(4, 3),
-                      token_level_rewards=rewards, index=np.array(["t"] * 4, dtype=object),
-                      tree_paths=[[0, 1, 2], [0, 1, 3], [0, 1, 4], [0, 5]],
-                      turn_spans=[[[0, 1], [1, 3]], [[0, 1], [1, 3]], [[0, 1], [1, 3]], [[0, 3]]], leaf_status=["ok"] * 4)
-    expected, _ = compute_grpo_outcome_advantage(rewards, mask, batch.index)
-    torch.testing.assert_close(compute_advantages(batch, "grpo", AdvantageConfig()), expected)
-    assert not torch.allclose(compute_advantages(batch, "trace", AdvantageConfig()), expected)  # the tree matters
+def test_settings_only_offer_what_main_trace_runs():
+    assert ALLOCATORS == ["uniform", "prompt", "tree_random", "trace"]
+    for name, why in (("oracle", "cannot run in the demo"), ("entropy", "cannot run in the demo")):
+        with pytest.raises(ValueError, match=why):
+            make_settings(allocator=name)
+    assert make_settings(allocator="uniform").estimator == "grpo"  # verl's own GRPO, as method=grpo
+    assert make_settings(allocator="tree_random").estimator == "tree_grpo"
 
 
-def test_checkpoint_refuses_other_settings_by_field():
+def test_resume_refuses_other_settings_by_field():
     a = make_settings().model_dump()
     b = make_settings(overrides={"rl": {"lr": 1e-3}}).model_dump()
-    assert checkpoint.first_difference(a, a) is None
-    assert checkpoint.first_difference(a, b) == "rl.lr"
+    assert first_difference(a, a) is None
+    assert first_difference(a, b) == "rl.lr"
     longer = make_settings(overrides={"rl": {"steps": 40}}).model_dump()
-    assert checkpoint.first_difference(a, longer) is None  # a resumed run may be given more steps
+    assert first_difference(a, longer) is None  # a resumed run may be given more steps
+
+
+def test_name_tokens_share_their_updates_in_any_loaded_copy(tmp_path):
+    """Every name row gets the mean of the name rows' gradients (the others keep their own), the
+    outputs are a plain Qwen2's, and the class survives saving: verl's actor loads it with
+    ``trust_remote_code`` (transformers builds it on the meta device first), the rollout server
+    loads the same directory as a plain Qwen2."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from verl_trace.demo import shared_names
+
+    cfg = Qwen2Config(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    plain = Qwen2ForCausalLM(cfg)
+    rows = [3, 5, 7]
+    ids = torch.randint(0, 40, (2, 9))
+    expected = plain(input_ids=ids).logits.detach()
+    shared = shared_names.configure(plain, rows)
+    path = shared_names.save_with_code(shared, tmp_path / "m")
+    for model in (shared, AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
+        assert type(model).__name__ == "SharedNameQwen2ForCausalLM"
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grad = model.get_input_embeddings().weight.grad
+        for r in rows[1:]:
+            torch.testing.assert_close(grad[r], grad[rows[0]])
+        assert not torch.allclose(grad[0], grad[1])  # other tokens keep their own gradient
+    rollout = AutoModelForCausalLM.from_pretrained(path)  # without trust_remote_code: verl's hf rollout server
+    assert type(rollout) is Qwen2ForCausalLM
+    torch.testing.assert_close(rollout(input_ids=ids).logits, expected)
+
+
+@pytest.mark.parametrize("allocator", ["uniform", "tree_random", "trace"])
+def test_demo_settings_become_main_trace_config(allocator, tmp_path, monkeypatch):
+    """The overrides compose with cpu_tiny.yaml and pass main_trace's own checks, and say what the
+    settings say (verl's config is the real one)."""
+    from omegaconf import OmegaConf
+
+    from verl_trace.cpu.job import RECIPE_CONFIG_DIR
+    from verl_trace.cpu.prepare import ASSETS_ENV, Assets
+    from verl_trace.demo import trainer
+    from verl_trace.trainer.config_check import prepare_trace_config
+    from verl_trace.trainer.hydra_config import compose_config
+
+    monkeypatch.setenv(ASSETS_ENV, str(tmp_path))
+    s = make_settings(allocator=allocator, seed=2, overrides={"rl": {"steps": 7}, "eval": {"every": 3}})
+    over = trainer.overrides(s, Assets(tmp_path), tmp_path / "model", tmp_path / "out", resume=False)
+    cfg = compose_config("cpu_tiny", RECIPE_CONFIG_DIR, [f"method={trainer.method(s)}", *over])
+    prepare_trace_config(cfg)
+    sel = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    assert sel("algorithm.adv_estimator") == s.estimator and sel("trace.allocator") == allocator
+    assert sel("data.train_batch_size") == 16 and sel("actor_rollout_ref.rollout.n") == 8
+    assert sel("trace.allocation.pool_factor") == (2.0 if allocator == "trace" else 1.0)
+    assert sel("trace.seed") == 2 and sel("data.seed") == 2
+    assert sel("trace.tree_dump_dir") == str((tmp_path / "out" / "trees").resolve())
+    assert sel("trainer.total_training_steps") == 7 and sel("trainer.test_freq") == 3
+    assert sel("trainer.resume_mode") == "disable" and sel("trainer.val_before_train") is True
+    assert sel("actor_rollout_ref.model.trust_remote_code") is True
+    assert sel("reward.custom_reward_function.reward_kwargs.format_score") == 0.0  # reward = exact match
+    mini = sel("actor_rollout_ref.actor.ppo_mini_batch_size")
+    assert mini == 8 and (mini * 8) % sel("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu") == 0
+    resumed = trainer.overrides(s, Assets(tmp_path), tmp_path / "model", tmp_path / "out", resume=True)
+    assert "trainer.resume_mode=auto" in resumed and "trainer.val_before_train=false" in resumed
+
+
+def test_metrics_of_a_resumed_job_merge_by_step(tmp_path, monkeypatch):
+    """verl's file logger (the real class) truncates its file, so each start of the job writes its
+    own; the rows of the steps a resumed start redid replace the first start's."""
+    from verl.utils.tracking import FileLogger
+
+    from verl_trace.demo import trainer
+
+    for attempt, rows in ((1, [(0, {"val-aux/mini/em/mean@1": 0.25}), (1, {"actor/grad_norm": 1.0}),
+                               (2, {"actor/grad_norm": 2.0})]),
+                          (2, [(2, {"actor/grad_norm": 3.0}), (3, {"actor/grad_norm": float("nan")})])):
+        monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / f"metrics.{attempt}.jsonl"))
+        logger = FileLogger("p", "e")
+        for step, data in rows:
+            logger.log(data, step)
+        logger.finish()
+    (tmp_path / "metrics.10.jsonl").write_text("")  # attempts sort by number, not by name
+    merged = trainer.read_metrics(tmp_path)
+    assert [r["step"] for r in merged] == [0, 1, 2, 3]
+    assert [r.get("actor/grad_norm") for r in merged[1:3]] == [1.0, 3.0]
+    assert merged[3]["actor/grad_norm"] is None  # NaN comes back as null
+    assert [p.name for p in trainer.metrics_files(tmp_path)] == ["metrics.1.jsonl", "metrics.2.jsonl", "metrics.10.jsonl"]
+
+
+def test_validation_dump_gives_accuracy_by_hops_and_failure_kinds(train, tmp_path):
+    """verl's own writer of validation generations (decoded prompt and response, the reward's
+    ``em``) read back into the evaluator's numbers."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_trace.demo.evaluate import read_validation
+
+    qs = [q for q in train if q.hops == 2][:2] + [three_hop(train)]
+    outputs = ["".join(search_text(h["query"]) for h in qs[0].chain) + answer_text(qs[0].answers[0]),
+               search_text(qs[1].chain[0]["query"]) + answer_text(qs[1].chain[0]["finds"]),
+               search_text("Nobody") + answer_text("x")]
+    inputs = [f"system\nTools: search\nuser\nQuestion: {q.question}\nassistant\n" for q in qs]
+    PPOTrainer._write_generations(inputs, outputs, [None] * 3, [1.0, 0.0, 0.0], {"em": [1.0, 0.0, 0.0]},
+                                      str(tmp_path), 5)
+    m = read_validation(tmp_path / "5.jsonl", qs)
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["questions"] == 3
+    assert m["standard_error"] == pytest.approx((1 / 3 * 2 / 3 / 3) ** 0.5)
+    assert m["accuracy_2hop"] == 0.5 and m["accuracy_3hop"] == 0.0
+    assert m["outcome/premature_answer"] == m["outcome/off_chain_query"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no held-out question"):
+        read_validation(tmp_path / "5.jsonl", qs[:1])
 
 
 def test_render_shows_branches_estimates_and_outcomes(tmp_path):
@@ -123,64 +211,6 @@ def test_render_shows_branches_estimates_and_outcomes(tmp_path):
     assert render.save_png(t, tmp_path / "t.png").stat().st_size > 1000
     x = render.layout(t)
     assert x[a][0] == 0.5 and x[0][1] == 0  # the branched prefix sits above its two leaves
-
-
-# ---------------------------------------------------------------------- the job itself
-def _demo(out: Path, *extra: str) -> subprocess.Popen:
-    """The demo as a terminal starts it. SIGINT is reset to its default disposition because a
-    non-interactive shell that runs the test suite in the background (as CI may) hands its
-    children SIGINT *ignored*, and Python then never turns Ctrl-C into KeyboardInterrupt."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "verl_trace.demo", "--quick", "--out", str(out), "--no-progress", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _server_port(out: Path) -> int:
-    line = next(x for x in (out / "retrieval_server.log").read_text().splitlines() if "serving" in x)
-    return int(line.rsplit(":", 1)[1].split()[0].strip("/"))
-
-
-@pytest.mark.slow
-def test_quick_demo_interrupted_then_resumed(tmp_path):
-    """``--quick`` end to end: Ctrl-C after the first RL step leaves a partial report and stops
-    the server; ``--resume`` finishes the run; every step spent exactly its leaf budget. The first
-    run is given far more steps than it gets to, so the Ctrl-C always lands inside the RL phase
-    (quick steps of an untrained model take a fraction of a second); the resumed run stops two
-    steps after the interruption."""
-    out = tmp_path / "demo"
-    proc = _demo(out, "--steps", "1000")
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists(out / "checkpoint"):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint after 240 s"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, log
-    partial = json.loads((out / "report.json").read_text())
-    done = partial["steps"]
-    assert partial["status"] == "interrupted" and 1 <= done < partial["planned_steps"] == 1000
-    assert partial["start_accuracy"] is not None
-    with pytest.raises(httpx.TransportError):  # the server went down with the demo
-        httpx.get(f"http://127.0.0.1:{_server_port(out)}/health", timeout=2)
-
-    proc = _demo(out, "--resume", "--steps", str(done + 2))
-    log = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 0, log
-    assert "reusing" in log  # the warm start was not rebuilt
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["status"] == "completed" and rep["steps"] == rep["planned_steps"] == done + 2
-    budget = rep["budget"]["leaves_per_step"]
-    assert budget == 16 and all(r["leaves"] == budget == r["plan/launched"] for r in rep["curves"]["train"])
-    assert [r["step"] for r in rep["curves"]["train"]] == list(range(1, done + 3))  # resumed, not restarted
-    assert rep["generated_tokens"] == sum(r["tokens"] for r in rep["curves"]["train"]) > 0
-    for key in ("start_accuracy", "final_accuracy"):
-        assert 0.0 <= rep[key] <= 1.0
-    assert rep["curves"]["eval"][0]["step"] == 0 and rep["curves"]["eval"][-1]["step"] == done + 2
-    assert rep["warm_start"]["demonstrations"] > 0 and 0 < rep["warm_start"]["teacher_accuracy"] < 1
-    for name in ("accuracy.png", "training.png", "rollout_tree.png", "rollout_tree.html", "rollout_tree.json"):
-        assert (out / name).stat().st_size > 0, name
 
 
 def test_evaluation_names_where_a_trajectory_left_the_chain(train):

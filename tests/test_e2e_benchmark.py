@@ -1,6 +1,7 @@
-"""``benchmarks/e2e_cpu.py --quick`` end to end (real server, warm start, RL runs of two
-allocators from the same checkpoint): the JSON has the shape the issue asks for and every run
-spent the same leaf budget. Not the goals: a quick run learns nothing."""
+"""``benchmarks/e2e_cpu.py --quick`` end to end through verl's trainer (real server, warm start,
+main_trace runs of two allocators from the same checkpoint), at equal generated tokens: uniform's
+run sets the token budget, trace's run spends at most that per step with more leaves allowed.
+The JSON has the shape the issue asks for. Not the goals: a quick run learns nothing."""
 
 from __future__ import annotations
 
@@ -16,25 +17,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_the_comparison(tmp_path):
+@pytest.mark.timeout(1200)
+def test_quick_benchmark_at_equal_tokens_writes_the_paired_comparison(tmp_path):
     out = tmp_path / "results.json"
     cmd = [sys.executable, "benchmarks/e2e_cpu.py", "--quick", "--seeds", "1", "--allocators", "uniform,trace",
-           "--work-dir", str(tmp_path / "work"), "--out", str(out), "--plot", str(tmp_path / "e2e.png"),
-           "--no-progress"]
+           "--budget", "tokens", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--plot",
+           str(tmp_path / "e2e.png"), "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
-    assert 0.0 <= res["start_accuracy"] <= 1.0 and res["seeds"] == [0]
+    assert res["budget"] == "tokens" and res["seeds"] == [0] and 0.0 <= res["start_accuracy"] <= 1.0
     assert set(res["allocators"]) == {"uniform", "trace"}
     for name, r in res["allocators"].items():
         assert 0.0 <= r["final_accuracy"]["mean"] <= 1.0, name
-        assert r["leaves_per_step"] == 16 and r["steps"] == 3
-        assert "median" in r["tokens_to_reach_uniform_final"]
+        assert r["steps"] == 3 and "median" in r["tokens_to_reach_uniform_final"]
         tokens = [t for t, _ in r["curve"]]
         assert tokens[0] == 0 and tokens == sorted(tokens) and tokens[-1] == r["generated_tokens"]["mean"] > 0
-    # both runs started from the one warm start of seed 0
-    assert (tmp_path / "work" / "seed0" / "warm_start").is_dir()
+    paired = res["paired_vs_uniform"]
+    assert list(paired) == ["trace"]
+    assert set(paired["trace"]) == {"final_accuracy_diff", "tokens_ratio"}
+    diff = paired["trace"]["final_accuracy_diff"]
+    assert diff["mean"] == pytest.approx(res["allocators"]["trace"]["final_accuracy"]["mean"]
+                                         - res["allocators"]["uniform"]["final_accuracy"]["mean"])
+    assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+    # the token budget: uniform's mean tokens per step caps trace's steps, which may use twice the leaves
+    uniform = json.loads((tmp_path / "work" / "seed0" / "leaves" / "uniform" / "report.json").read_text())
+    trace = json.loads((tmp_path / "work" / "seed0" / "tokens" / "trace" / "report.json").read_text())
+    cap = trace["settings"]["trace"]["budget"]["tokens"]
+    assert cap == int(sum(r["tokens"] for r in uniform["curves"]["train"]) / 3)
+    assert trace["settings"]["trace"]["budget"]["leaves_per_prompt"] == 2 * uniform["budget"]["leaves_per_prompt"]
+    assert all(r["tokens"] <= cap for r in trace["curves"]["train"])
+    assert (tmp_path / "work" / "seed0" / "warm_start").is_dir()  # one warm start for both runs
     assert (tmp_path / "e2e.png").stat().st_size > 0
 
 
@@ -49,4 +63,7 @@ def test_bad_settings_fail_before_anything_starts(tmp_path):
     proc = subprocess.run([*cmd, "--allocators", "uniform,oracle"], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "oracle" in proc.stderr and "cannot run in the demo" in proc.stderr
+    proc = subprocess.run([*cmd, "--allocators", "trace", "--budget", "tokens"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "uniform" in proc.stderr
     assert not (tmp_path / "work").exists()

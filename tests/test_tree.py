@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from verl_trace.tree import ROOT, LeafStatus, RolloutTree
+from verl_trace.tree import ROOT, LeafStatus, RolloutTree, load_trees, save_trees
 
 
 def _branched_tree() -> RolloutTree:
@@ -89,6 +89,17 @@ def test_serialization_round_trip():
         assert u.render(leaf.node_id) == t.render(leaf.node_id)
     assert u[1].meta["p_hat"] == 0.25
     np.testing.assert_array_equal(u[1].features, [1.0, 2.0])
+
+
+def test_saved_trees_load_back(tmp_path):
+    """``trace.tree_dump_dir``'s files: a step's trees as one JSON list, written atomically."""
+    t, u = _branched_tree(), RolloutTree("u", [7], "other?")
+    t[1].meta["p_hat"] = 0.4
+    path = save_trees([t, u], tmp_path / "steps" / "step_3-ab.json")
+    assert [p.name for p in path.parent.iterdir()] == ["step_3-ab.json"]  # no temporary file left
+    loaded = load_trees(path)
+    assert [x.to_dict() for x in loaded] == [t.to_dict(), u.to_dict()]
+    assert loaded[0][1].meta["p_hat"] == 0.4 and loaded[0].leaves()[0].reward == 1.0
 
 
 @pytest.mark.parametrize(

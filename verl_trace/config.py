@@ -95,6 +95,9 @@ class TraceConfig(_Strict):
     max_turns: int | None = Field(default=None, ge=1)  # None: rollout.multi_turn.max_assistant_turns
     success_threshold: float = 0.5  # reward >= threshold counts as success for allocation
     seed: int = 0
+    # Write every training step's rollout trees here as JSON (step_<N>-<id>.json, RolloutTree.to_dict):
+    # what the allocator branched, the predictor's estimates, each leaf's reward. None: not written.
+    tree_dump_dir: str | None = None
     budget: BudgetConfig = BudgetConfig()
     allocation: AllocatorConfig = AllocatorConfig()
     predictor: PredictorConfig = PredictorConfig()

@@ -13,9 +13,12 @@ estimators can be tested without verl.
 from __future__ import annotations
 
 import enum
+import json
 import math
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -378,6 +381,21 @@ class RolloutTree:
             if d.get("terminal"):
                 tree.finish(nid, d.get("reward"), d.get("status") or LeafStatus.OK)
         return tree
+
+
+def save_trees(trees: Iterable[RolloutTree], path: str | Path) -> Path:
+    """Write ``trees`` as one JSON list (``to_dict`` each), atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([t.to_dict() for t in trees]))
+    os.replace(tmp, path)
+    return path
+
+
+def load_trees(path: str | Path) -> list[RolloutTree]:
+    """The trees :func:`save_trees` wrote."""
+    return [RolloutTree.from_dict(d) for d in json.loads(Path(path).read_text())]
 
 
 def subtree_sum(parent: np.ndarray, depth: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -20,6 +20,12 @@ Outputs, in ``--out``:
   "finds"}, ...]}}``. The split is by entity: the persons and companies a test question names
   or passes through never appear in any training question (cities and countries are shared hubs,
   so questions about them are train-only).
+
+The held-out set is large enough for one evaluation's standard error to be about 0.015 (1,000+
+questions): besides the test share of the sampled questions, the world has ``HELD_OUT_EXTENSION``
+more persons and founders (with their companies), drawn like the others after the split, that
+only test questions ask about (every question about them). They add passages to the corpus and
+change nothing of the training questions.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ N_COUNTRIES, CITIES_PER_COUNTRY = 20, 5
 N_GIVEN_NAMES, N_PERSONS, N_COMPANIES = 60, 800, 240
 HOP_QUOTA = {1: 520, 2: 680, 3: 600}
 TEST_FRACTION = 0.15
+HELD_OUT_EXTENSION = {"persons": 100, "founders": 50}  # entities only test questions ask about
 
 
 @dataclass
@@ -64,6 +71,8 @@ class World:
     products: list[tuple[str, str, int]] = field(default_factory=list)  # (name, company, year)
     city_feature: dict[str, str] = field(default_factory=dict)
     doc_id: dict[str, str] = field(default_factory=dict)  # entity -> passage id
+    given_names: list[str] = field(default_factory=list)
+    names: NameMaker | None = None  # the name source, so names added later stay unique
 
 
 class NameMaker:
@@ -97,26 +106,50 @@ def build_world(rng: random.Random) -> World:
             w.city_country[city] = country
             w.city_feature[city] = rng.choice(FEATURES)
         cities += members
-    given = [names.word(2) for _ in range(N_GIVEN_NAMES)]
+    w.given_names = [names.word(2) for _ in range(N_GIVEN_NAMES)]
+    w.names = names
     persons: list[str] = []
     while len(persons) < N_PERSONS:
-        persons.append(f"{rng.choice(given)} {names.word(2)}")
+        persons.append(f"{rng.choice(w.given_names)} {names.word(2)}")
     for p in persons:
         w.birthplace[p] = rng.choice(cities)
-    for founder in rng.sample(persons, N_COMPANIES):
-        company = names.word(2, rng.choice(COMPANY_SUFFIX))
-        w.founder[company] = founder
-        w.company_of[founder] = company
-        w.headquarters[company] = rng.choice(cities)
+    companies = [_found_company(w, founder, rng) for founder in rng.sample(persons, N_COMPANIES)]
     for p in persons:
         if p not in w.company_of:
             w.profession[p] = rng.choice(PROFESSIONS)
     for city in rng.sample(cities, len(cities) * 3 // 4):
         for kind in rng.sample(LANDMARKS, rng.choice([1, 2])):
             w.landmarks.append((f"{city} {kind}", city, rng.randrange(1200, 1990)))
-    for company in rng.sample(sorted(w.founder), len(w.founder) * 2 // 3):
-        w.products.append((f"{company} {rng.choice(PRODUCTS)}", company, rng.randrange(1800, 2020)))
+    _add_products(w, companies, rng)
     return w
+
+
+def _found_company(w: World, founder: str, rng: random.Random) -> str:
+    company = w.names.word(2, rng.choice(COMPANY_SUFFIX))
+    w.founder[company] = founder
+    w.company_of[founder] = company
+    w.headquarters[company] = rng.choice(list(w.city_country))  # the cities in the order they were made
+    return company
+
+
+def _add_products(w: World, companies: list[str], rng: random.Random) -> None:
+    for company in rng.sample(sorted(companies), len(companies) * 2 // 3):
+        w.products.append((f"{company} {rng.choice(PRODUCTS)}", company, rng.randrange(1800, 2020)))
+
+
+def extend_for_held_out(w: World, rng: random.Random, persons: int, founders: int) -> set[str]:
+    """Add ``persons`` persons and ``founders`` founders with their companies, drawn as in
+    :func:`build_world` (given names shared with everyone, existing cities); returns the new
+    persons and companies, which no training question mentions."""
+    cities = list(w.city_country)
+    new = [f"{rng.choice(w.given_names)} {w.names.word(2)}" for _ in range(persons + founders)]
+    for p in new:
+        w.birthplace[p] = rng.choice(cities)
+    companies = [_found_company(w, p, rng) for p in new[persons:]]
+    for p in new[:persons]:
+        w.profession[p] = rng.choice(PROFESSIONS)
+    _add_products(w, companies, rng)
+    return set(new) | set(companies)
 
 
 def passages(w: World) -> list[dict]:
@@ -215,11 +248,11 @@ def split_questions(w: World, cands: list[dict], rng: random.Random) -> tuple[li
     return train, test
 
 
-def qa_records(questions: list[dict], split: str) -> list[dict]:
+def qa_records(questions: list[dict], split: str, start: int = 0) -> list[dict]:
     questions = sorted(questions, key=lambda c: (len(c["chain"]), c["template"], c["topic"]))
     return [{"id": f"mini-{split}-{i:04d}", "question": c["question"], "golden_answers": c["golden_answers"],
              "metadata": {"hops": len(c["chain"]), "template": c["template"], "topic": c["topic"],
-                          "chain": c["chain"]}} for i, c in enumerate(questions)]
+                          "chain": c["chain"]}} for i, c in enumerate(questions, start)]
 
 
 def bm25_recall(corpus_path: Path, records: list[dict], k: int = 3) -> dict[str, float]:
@@ -253,11 +286,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def generate(out: Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     world = build_world(rng)
-    corpus = passages(world)
+    passages(world)  # gives every entity its passage id
     train, test = split_questions(world, candidate_questions(world), rng)
+    held_out = extend_for_held_out(world, rng, **HELD_OUT_EXTENSION)
+    corpus = passages(world)
+    extra = [c for c in candidate_questions(world) if c["units"] and c["units"] <= held_out]
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "corpus.jsonl", corpus)
     train_rows, test_rows = qa_records(train, "train"), qa_records(test, "test")
+    test_rows += qa_records(extra, "test", start=len(test_rows))
     write_jsonl(out / "train.jsonl", train_rows)
     write_jsonl(out / "test.jsonl", test_rows)
     return {"passages": len(corpus), "train": len(train_rows), "test": len(test_rows),

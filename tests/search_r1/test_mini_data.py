@@ -16,7 +16,8 @@ def test_committed_files_are_what_the_seeded_generator_writes(tmp_path, make_min
     shipped = Path(make_mini.__file__).parent / "data" / "mini"
     for name in MINI_FILES:
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
-    assert 1000 <= summary["passages"] <= 3000 and 1000 <= summary["train"] + summary["test"] <= 2000
+    assert 1000 <= summary["passages"] <= 3000 and 2000 <= summary["train"] + summary["test"] <= 3000
+    assert summary["test"] >= 1000  # one evaluation's standard error about 0.015
     assert set(summary["hops"]) == {1, 2, 3} and min(summary["hops"].values()) > 300
 
 

@@ -1,10 +1,11 @@
-"""The agent as the RL phase and the evaluation run it: verl's agent loop (``TraceToolAgentLoop``
-through ``TreeRolloutRunner``) over the in-process engine (``HFLLMClient``, backed by the very
-model being trained), the real ``SearchTool`` over HTTP and the qa_em reward.
+"""The agent in this process, for the demo's own evaluator (``evaluate``): verl's agent loop
+(``TraceToolAgentLoop`` through ``TreeRolloutRunner``) over the in-process engine
+(``HFLLMClient``), the real ``SearchTool`` over HTTP and the qa_em reward, configured like the
+RL job's rollout workers (the same tool config, episode limits and reward), so its greedy chains
+are the ones verl's validation generates (tests/test_demo_job.py compares the two).
 
-All rollouts of a run share one asyncio event loop (:meth:`SearchAgent.run`), so the engine's
-batching task and the search tool's HTTP pool live across steps; :meth:`SearchAgent.close` ends
-both.
+All runs share one asyncio event loop (:meth:`SearchAgent.run`), so the engine's batching task
+and the search tool's HTTP pool live across calls; :meth:`SearchAgent.close` ends both.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import numpy as np
 
 from ..allocation import Budget
 from ..config import BudgetConfig, TraceConfig
-from ..predictor import AnchorFeaturizer, Predictor
 from ..rewards import qa_em
 from ..rollout import HFLLMClient, StepResult, TreeRolloutRunner, build_planner, compute_score_reward
 from ..tools.search_tool import close_shared_sessions
-from .demonstrations import make_search_tool
+from .demonstrations import MAX_CONCURRENCY, make_search_tool
 from .settings import DemoSettings, verl_config
 from .world import Question
 
@@ -38,34 +38,22 @@ class SearchAgent:
         self.runner = TreeRolloutRunner(self.config, self.client, tokenizer,
                                         tools=[make_search_tool(retrieve_url, task.topk)],
                                         reward_fn=compute_score_reward(qa_em.compute_score, tokenizer),
-                                        hf_model_type="qwen2", max_concurrency=settings.rl.max_concurrency,
+                                        hf_model_type="qwen2", max_concurrency=MAX_CONCURRENCY,
                                         run_timeout=120.0)
         self._loop = asyncio.new_event_loop()
 
     def run(self, coro: Coroutine) -> Any:
         return self._loop.run_until_complete(coro)
 
-    def rollout(self, questions: Sequence[Question], trace_cfg: TraceConfig, *, n_roots: int, leaves: int,
-                temperature: float, predictor: Predictor | None = None, featurizer: AnchorFeaturizer | None = None,
-                rng: np.random.Generator | None = None, uid_prefix: str = "") -> StepResult:
-        """One budgeted tree step over the candidate pool ``questions``."""
-        planner = build_planner(trace_cfg, n_roots=n_roots, budget=Budget(leaves=leaves),
-                                max_turns=self.settings.task.max_turns, predictor=predictor, featurizer=featurizer,
-                                rng=rng)
+    def chains(self, questions: Sequence[Question], temperature: float, uid_prefix: str = "eval-") -> StepResult:
+        """One plain chain per question (the uniform allocator, one leaf per root)."""
+        cfg = TraceConfig(allocator="uniform", max_turns=self.settings.task.max_turns,
+                          budget=BudgetConfig(leaves_per_prompt=1, min_leaves_per_root=1))
+        planner = build_planner(cfg, n_roots=len(questions), budget=Budget(leaves=len(questions)),
+                                max_turns=self.settings.task.max_turns, rng=np.random.default_rng(self.settings.seed))
         prompts = [q.prompt(f"{uid_prefix}{i}") for i, q in enumerate(questions)]
         sampling = {"temperature": temperature, "top_p": 1.0, "top_k": -1, "logprobs": True}
         return self.run(self.runner.run_step(planner, prompts, sampling))
-
-    def chains(self, questions: Sequence[Question], temperature: float, uid_prefix: str = "eval-") -> StepResult:
-        """One plain chain per question (held-out evaluation)."""
-        cfg = TraceConfig(allocator="uniform", max_turns=self.settings.task.max_turns,
-                          budget=BudgetConfig(leaves_per_prompt=1, min_leaves_per_root=1))
-        return self.rollout(questions, cfg, n_roots=len(questions), leaves=len(questions), temperature=temperature,
-                            uid_prefix=uid_prefix)
-
-    def update_weights(self) -> None:
-        """Tell the engine the weights changed (the model is shared in place; this bumps its version)."""
-        self.run(self.client.update_weights())
 
     def close(self) -> None:
         if self._loop.is_closed():

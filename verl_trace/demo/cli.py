@@ -1,10 +1,11 @@
 """``python -m verl_trace.demo [--quick] [--out DIR] [--allocator NAME] [--seed N] [--resume]``.
 
 Starts the retrieval server (127.0.0.1, a free port) over the shipped mini corpus, builds or
-reuses the warm start in ``OUT/warm_start``, runs the RL phase with the chosen allocator and
-writes the report into ``OUT``. The server is stopped on every exit path. Ctrl-C (or SIGTERM)
-stops after writing a partial report (exit code 130); ``--resume`` continues from
-``OUT/checkpoint``.
+reuses the warm start in ``OUT/warm_start``, runs the RL phase through verl's trainer
+(``python -m verl_trace.main_trace``, see ``trainer``) with the chosen allocator and writes the
+report into ``OUT``. The server is stopped on every exit path. Ctrl-C (or SIGTERM) stops the
+trainer and writes a partial report (exit code 130); ``--resume`` continues from verl's latest
+checkpoint in ``OUT/checkpoints``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
+import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +27,25 @@ from pydantic import ValidationError
 
 from ..tools.retrieval_server.process import RetrievalServerProcess
 from . import report as report_io
-from . import warm_start
+from . import trainer, warm_start
+from .demonstrations import search_tool_yaml
 from .progress import DemoProgress
-from .rl import History, RLRun
-from .settings import ALLOCATORS, DemoSettings, make_settings
-from .world import MINI_DIR
+from .settings import ALLOCATORS, DemoSettings, first_difference, make_settings
+from .world import MINI_DIR, Question, load_split
+
+SETTINGS_FILE = "settings.json"
+# What a fresh run replaces in OUT (the warm start is kept and reused when its settings match).
+RUN_FILES = ("checkpoints", "validation", "trees", "assets", "metrics.*.jsonl", "main_trace.log", "report.json",
+             "accuracy.png", "training.png", "rollout_tree.*", SETTINGS_FILE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m verl_trace.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a ~2 minute run (what the tests run)")
+    p.add_argument("--quick", action="store_true", help="a ~3 minute run (what the tests run)")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="report directory (default outputs/demo)")
     p.add_argument("--allocator", default="trace", choices=ALLOCATORS, help="rollout allocator (default trace)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from verl's latest checkpoint in OUT/checkpoints")
     p.add_argument("--warm-start", type=Path, metavar="DIR",
                    help="warm start directory to use or create (default OUT/warm_start); reused when its settings match")
     p.add_argument("--steps", type=int, help="RL steps (default: the preset's)")
@@ -66,17 +75,79 @@ def overrides(items: list[str], steps: int | None) -> dict[str, Any]:
     return out
 
 
+def held_out_questions(settings: DemoSettings) -> list[Question]:
+    """The held-out set: all test questions, or a fixed sample of them (the same for every
+    allocator and seed)."""
+    test = load_split("test")
+    n = min(settings.eval.questions, len(test))
+    return random.Random(0).sample(test, n) if n < len(test) else test
+
+
+class ResumeError(ValueError):
+    """``--resume`` under settings other than the run's."""
+
+
+def prepare_out(out: Path, settings: DemoSettings, resume: bool) -> bool:
+    """Check a resumed run's settings against the saved ones (only ``rl.steps`` may change) or
+    clear a previous run's files; returns whether verl has a checkpoint to resume from."""
+    saved = out / SETTINGS_FILE
+    if resume and saved.is_file():
+        diff = first_difference(json.loads(saved.read_text()), settings.model_dump(mode="json"))
+        if diff is not None:
+            raise ResumeError(f"--resume: the run in {out} was started with a different setting: {diff} "
+                             "(use the same settings, or another --out)")
+    elif not resume:
+        for pattern in RUN_FILES:
+            for path in out.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    saved.write_text(json.dumps(settings.model_dump(mode="json"), indent=1))
+    return (out / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
+
+
+class Monitor:
+    """Turns verl's metrics, as the job writes them, into progress: the RL bar, the start
+    accuracy, when the trainer's first step ended."""
+
+    def __init__(self, progress: DemoProgress, steps: int, done: int):
+        self.progress, self.steps = progress, steps
+        self.progress.phase("RL (verl)", steps, completed=done)
+        self.logged_start = False
+        self.first_step_at: float | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        evals = [r for r in rows if trainer.ACCURACY_KEY in r]
+        if evals and not self.logged_start:
+            self.logged_start = True
+            self.progress.log(f"held-out accuracy at step {evals[0]['step']} (verl's validation): "
+                              f"{evals[0][trainer.ACCURACY_KEY]:.3f}")
+        train = [r for r in rows if r["step"] >= 1]
+        if not train:
+            return
+        self.first_step_at = self.first_step_at or time.perf_counter()
+        last = train[-1]
+        info = f"reward {last.get('critic/score/mean', float('nan')):.2f}"
+        if "trace/effective_sample_ratio" in last:
+            info += f"  ESR {last['trace/effective_sample_ratio']:.2f}"
+        if evals:
+            info += f"  held-out {evals[-1][trainer.ACCURACY_KEY]:.3f} @ {evals[-1]['step']}"
+        info += f"  {last.get('timing_s/step', float('nan')):.0f}s/step"
+        self.progress.update("RL (verl)", completed=last["step"], info=info)
+
+
 def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool = False,
         progress: DemoProgress, warm_dir: Path | None = None, retrieve_url: str | None = None) -> dict[str, Any]:
     """The whole job; returns the report (written to ``out`` on every exit path: a run stopped by
     Ctrl-C or an error gets ``status`` "interrupted" or "failed" and the completed steps' curves).
     ``warm_dir`` and ``retrieve_url`` let a caller (the benchmark) share one warm start and one
     server between runs; otherwise both belong to ``out``."""
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
-    server, run_, warm_info, t_rl = None, None, {}, None
+    has_checkpoint = prepare_out(out, settings, resume)
+    held_out = held_out_questions(settings)
+    server, warm_info, t_rl, monitor = None, {}, None, None
+    ray_tmp = Path("/tmp") / f"vt-demo-{zlib.crc32(str(out).encode()):08x}"  # Ray's socket paths must stay short
     status = "failed"
     try:
         if retrieve_url is None:
@@ -85,25 +156,38 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
             progress.log(f"retrieval server: {server.url} (BM25 over {MINI_DIR / 'corpus.jsonl'})")
         warm = warm_start.prepare(settings, warm_dir or out / "warm_start", retrieve_url, progress)
         warm_info = warm.info
+        assets = trainer.write_inputs(out / "assets", [q.row for q in load_split("train")], [q.row for q in held_out],
+                                      search_tool_yaml(settings.task.topk))
+        done = len([r for r in trainer.read_metrics(out) if r["step"] >= 1]) if has_checkpoint else 0
+        progress.log(f"RL: python -m {report_io.TRAINER} (verl's trainer on CPU: FSDP2 actor, hf rollout server, "
+                     f"TRACE rollout and estimator; log {out / 'main_trace.log'})"
+                     + (" resuming from verl's latest checkpoint" if has_checkpoint else ""))
+        monitor = Monitor(progress, settings.rl.steps, done)
         t_rl = time.perf_counter()
-        run_ = RLRun(settings, warm, out, retrieve_url, progress, resume=resume)
-        run_.run()
+        job = trainer.RLJob(settings, out, assets, warm.path, retrieve_url, resume=has_checkpoint, on_metrics=monitor,
+                            ray_tmp=ray_tmp)
+        result = job.run()
+        if result.returncode != 0:
+            raise RuntimeError(f"main_trace exited with {result.returncode} after {result.seconds:.0f}s; the end of "
+                               f"{result.log}:\n{result.log_tail(3000)}")
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
         progress.log("interrupted: writing the partial report")
         raise
     finally:
-        if run_ is not None:
-            run_.close()
         if server is not None:
             server.stop()
-        seconds = {"total": time.perf_counter() - t0, "warm_start": (t_rl or time.perf_counter()) - t0,
-                   "rl": run_.history.seconds if run_ else 0.0}
-        history = run_.history if run_ is not None else History()
-        rep = report_io.build_report(settings, history, warm_info, quick=quick, status=status, seconds=seconds)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        now = time.perf_counter()
+        seconds = {"total": now - t0, "warm_start": (t_rl or now) - t0, "rl": now - t_rl if t_rl else 0.0,
+                   "rl_until_first_step": (monitor.first_step_at - t_rl) if monitor and monitor.first_step_at else None}
+        rep = None
         try:
-            rep = report_io.write(out, rep, run_.last_trees if run_ is not None else {})
+            rows = trainer.read_metrics(out)
+            rep = report_io.build_report(settings, rows, out, held_out, warm_info, quick=quick, status=status,
+                                         seconds=seconds)
+            rep = report_io.write(out, rep)
         except Exception as exc:  # never mask the run's own error with a reporting one
             if status == "completed":
                 raise
@@ -111,7 +195,7 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
     return rep
 
 
-def _sigterm(signum, frame) -> None:  # SIGTERM takes Ctrl-C's path: partial report, server stopped
+def _sigterm(signum, frame) -> None:  # SIGTERM takes Ctrl-C's path: partial report, trainer and server stopped
     raise KeyboardInterrupt
 
 
@@ -146,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             progress.log(f"stopped; partial report in {args.out / 'report.json'}; continue with --resume")
             return 130
+        except ResumeError as exc:
+            progress.log(f"error: {exc}")
+            return 2
     print(f"start accuracy {rep['start_accuracy']:.3f} -> final {rep['final_accuracy']:.3f} after {rep['steps']} "
           f"steps, {rep['generated_tokens']:,} generated tokens; report: {args.out / 'report.json'}")
     return 0

@@ -42,6 +42,8 @@ _TOOL_TURN = re.compile(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", re.S)
 _DOC = re.compile(r'Doc \d+\(Title: "?(.*?)"?\) (.*)')
 _RELATION = re.compile(r"(?:born in|founded by|founded|headquartered in|city in|capital of [\w ]+? is) ([A-Z][\w ]*?)\.")
 
+MAX_CONCURRENCY = 64  # agent-loop runs in flight in this process (demonstrations, the evaluator)
+
 # The compact tool schema the agent sees (the chat template renders it into every prompt).
 SEARCH_SCHEMA = {
     "type": "function",
@@ -63,11 +65,24 @@ def answer_text(answer: str) -> str:
     return f"<answer>{answer}</answer>"
 
 
+def search_tool_config(retrieve_url: str, topk: int) -> dict:
+    """The search tool's config: the RL job's rollout workers build the tool from it (as YAML,
+    ``trainer.write_inputs``) and this process builds the same tool (:func:`make_search_tool`)."""
+    return {"type": "native", "retrieval_service_url": retrieve_url, "topk": topk, "timeout": 30, "max_retries": 2}
+
+
+def search_tool_yaml(topk: int) -> dict:
+    """verl's tool YAML of the same tool for the RL job's rollout workers (the server's URL comes
+    from ``$RETRIEVAL_URL`` in the job's environment)."""
+    return {"tools": [{"class_name": f"{SearchTool.__module__}.{SearchTool.__name__}",
+                       "config": search_tool_config("${oc.env:RETRIEVAL_URL}", topk), "tool_schema": SEARCH_SCHEMA}]}
+
+
 def make_search_tool(retrieve_url: str, topk: int):
     """The real verl ``SearchTool`` pointed at the server (BaseTool prints its schema: silenced)."""
     from verl.tools.schemas import OpenAIFunctionToolSchema
 
-    config = {"type": "native", "retrieval_service_url": retrieve_url, "topk": topk, "timeout": 30, "max_retries": 2}
+    config = search_tool_config(retrieve_url, topk)
     with contextlib.redirect_stdout(io.StringIO()):
         return SearchTool(config, OpenAIFunctionToolSchema.model_validate(SEARCH_SCHEMA))
 
@@ -182,7 +197,7 @@ async def _generate(questions: Sequence[Question], teacher: Teacher, tokenizer, 
     runner = TreeRolloutRunner(rollout_config, client, tokenizer,
                                tools=[make_search_tool(retrieve_url, settings.task.topk)],
                                reward_fn=compute_score_reward(qa_em.compute_score, tokenizer), hf_model_type="qwen2",
-                               max_concurrency=settings.rl.max_concurrency)
+                               max_concurrency=MAX_CONCURRENCY)
     # One plain chain per question: the uniform allocator with one leaf per root.
     cfg = TraceConfig(allocator="uniform", budget=BudgetConfig(leaves_per_prompt=1, min_leaves_per_root=1))
     from ..allocation import Budget

@@ -17,9 +17,10 @@ import torch
 from tokenizers import AddedToken
 
 from ..testing.tiny import build_model, build_tokenizer, chat_template
+from . import shared_names
 from .demonstrations import answer_text, search_text
 from .settings import ModelSettings
-from .world import Question, corpus_texts
+from .world import Question
 
 
 def tokenizer_texts(corpus: Sequence[str], questions: Sequence[Question]) -> list[str]:
@@ -38,7 +39,7 @@ def entity_names(corpus: Sequence[str]) -> list[str]:
 
 def build(corpus: Sequence[str], questions: Sequence[Question], settings: ModelSettings, seed: int):
     """(tokenizer, model): a fresh BPE tokenizer with one token per entity name, and a randomly
-    initialized model (float32, CPU) whose name embeddings share their updates."""
+    initialized model (float32, CPU) whose name embeddings share their updates (``shared_names``)."""
     tok = build_tokenizer(tokenizer_texts(corpus, questions), vocab_size=settings.vocab_size,
                           template=chat_template(tool_schemas=False))
     names = entity_names(corpus)
@@ -47,31 +48,28 @@ def build(corpus: Sequence[str], questions: Sequence[Question], settings: ModelS
     tok.add_tokens([AddedToken(n, single_word=True, normalized=False) for n in names])
     model = build_model(tok, hidden=settings.hidden, layers=settings.layers, heads=settings.heads,
                         kv_heads=settings.kv_heads, seed=seed, max_positions=settings.max_positions)
-    share_name_updates(model, name_token_ids(tok, names), init_std=settings.name_init_std)
-    return tok, model
+    ids = name_token_ids(tok, names)
+    init_name_embeddings(model, ids, settings.name_init_std)
+    return tok, shared_names.configure(model, ids)
 
 
 def save(tokenizer, model, path: Path) -> Path:
+    """Tokenizer and model (with the code that lets verl's actor load the model class)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(path)
-    model.save_pretrained(path)
+    shared_names.save_with_code(model, path)
     return path
 
 
-def load(path: Path, corpus: Sequence[str] | None = None):
-    """(tokenizer, model) saved by :func:`save` (e.g. the warm start a benchmark reuses), with the
-    shared name updates in place again (hooks are not saved)."""
-    from transformers import AutoTokenizer, Qwen2ForCausalLM
+def load(path: Path):
+    """(tokenizer, model) saved by :func:`save` (e.g. the warm start the RL phase starts from)."""
+    from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no saved model in {path} (config.json missing)")
-    tok = AutoTokenizer.from_pretrained(path)
-    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32)
-    names = entity_names(corpus if corpus is not None else corpus_texts())
-    share_name_updates(model, name_token_ids(tok, names))
-    return tok, model
+    return AutoTokenizer.from_pretrained(path), shared_names.load(path)
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -89,21 +87,9 @@ def name_token_ids(tokenizer, names: Sequence[str]) -> list[int]:
     return sorted(set(ids))
 
 
-def share_name_updates(model: torch.nn.Module, token_ids: Sequence[int], init_std: float | None = None) -> None:
-    """Entity names are arbitrary symbols: give all name tokens the same embedding update (their
-    mean gradient), so what the model learns about names is shared by all of them, held-out ones
-    included, while each keeps its own random identity from initialization (re-drawn with
-    ``init_std`` if given). Without it a tiny model learns the training names, not to copy names
-    (docs/demo.md has the measurement)."""
+def init_name_embeddings(model: torch.nn.Module, token_ids: Sequence[int], std: float) -> None:
+    """Give every name a random identity of scale ``std`` (they keep it: their updates are shared)."""
     emb = model.get_input_embeddings().weight
     rows = torch.tensor(sorted(token_ids), dtype=torch.long)
-    if init_std is not None:
-        with torch.no_grad():
-            emb[rows] = torch.randn(len(rows), emb.shape[1], generator=torch.Generator().manual_seed(0)) * init_std
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[rows] = grad[rows].mean(0, keepdim=True)
-        return grad
-
-    emb.register_hook(hook)
+    with torch.no_grad():
+        emb[rows] = torch.randn(len(rows), emb.shape[1], generator=torch.Generator().manual_seed(0)) * std

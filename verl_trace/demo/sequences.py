@@ -1,8 +1,6 @@
-"""Padded (prompt + response) batches and per-token log-probabilities of the response, shared by
-the supervised phase and the policy update.
+"""Padded (prompt + response) batches and next-token log-probabilities for the supervised phase.
 
-A row is ``prompt_ids + response_ids``; position ``t`` of the response is predicted from the
-logits at ``len(prompt) + t - 1``. Rows are right-padded, so positions are plain ``0..L-1``.
+A row is ``prompt_ids + response_ids``, right-padded, so positions are plain ``0..L-1``.
 """
 
 from __future__ import annotations
@@ -19,43 +17,18 @@ class SeqBatch:
     input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
     attention_mask: torch.Tensor  # (B, L)
     prompt_lens: torch.Tensor  # (B,)
-    response_len: int  # R: width of the response tensors below
-
-    def response_index(self) -> torch.Tensor:
-        """(B, R) index into the sequence of the logits that predict each response token."""
-        r = torch.arange(self.response_len)
-        return (self.prompt_lens[:, None] - 1 + r[None, :]).clamp(max=self.input_ids.shape[1] - 2)
 
 
 def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> SeqBatch:
     lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
     width = max(lens) + 1  # one spare column so every response position has a next-token target
-    resp_w = max(1, max(len(r) for r in responses))
     ids = torch.full((len(lens), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(lens), width), dtype=torch.long)
     for i, (p, r) in enumerate(zip(prompts, responses)):
         row = list(p) + list(r)
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         attn[i, : len(row)] = 1
-    return SeqBatch(ids, attn, torch.tensor([len(p) for p in prompts]), resp_w)
-
-
-def pad_response(rows: Sequence[Sequence[float]], width: int, value: float = 0.0, dtype=torch.float32) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, row in enumerate(rows):
-        if len(row):
-            out[i, : len(row)] = torch.tensor(list(row), dtype=dtype)
-    return out
-
-
-def response_logprobs(model: torch.nn.Module, batch: SeqBatch, temperature: float = 1.0) -> torch.Tensor:
-    """(B, R) log-probabilities of the response tokens under ``log_softmax(logits / T)``: what the
-    in-process engine reports for sampled tokens and verl's actor recomputes."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    idx = batch.response_index()
-    logits = out.logits.gather(1, idx[:, :, None].expand(-1, -1, out.logits.shape[-1]))
-    targets = batch.input_ids.gather(1, (idx + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    return logprobs_from_logits(logits.float() / temperature, targets)
+    return SeqBatch(ids, attn, torch.tensor([len(p) for p in prompts]))
 
 
 def next_token_logprobs(model: torch.nn.Module, batch: SeqBatch) -> torch.Tensor:

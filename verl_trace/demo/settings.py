@@ -13,9 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..allocation import ALLOCATORS as REGISTRY
 from ..config import TraceConfig
+from ..protocol import TREE_ESTIMATORS
 
-ALLOCATORS = [name for name, cls in REGISTRY.items() if not cls.simulator_only]
-"""The allocators the demo can run (each with its paired estimator, ``Allocator.estimator``)."""
+ALLOCATORS = [name for name, cls in REGISTRY.items()
+              if not cls.simulator_only and (not cls.grows_trees or cls.estimator in TREE_ESTIMATORS)]
+"""The allocators the demo can run: each with its paired estimator (``Allocator.estimator``), which
+main_trace must accept: not ``oracle`` (it needs the true success probability, which only the
+simulator has) and not ``entropy``, whose paired flat GRPO would ignore the tree it grows."""
 
 
 class _Strict(BaseModel):
@@ -67,22 +71,30 @@ class SFTSettings(_Strict):
 
 
 class RLSettings(_Strict):
-    steps: int = Field(24, ge=1)
-    prompts_per_step: int = Field(16, ge=1)  # tree roots per step (trace: chosen from the pool)
-    leaves_per_prompt: int = Field(8, ge=2)  # the step's budget is prompts_per_step * this, in leaves
-    temperature: float = Field(0.7, gt=0.0)  # sampling (and loss) temperature
-    lr: float = Field(3e-4, gt=0.0)
-    lr_warmup: int = Field(6, ge=0)  # optimizer steps of linear warm-up
+    """The RL phase as verl's trainer runs it (``trainer.overrides`` maps each field to verl's)."""
+
+    steps: int = Field(20, ge=1)  # trainer.total_training_steps
+    prompts_per_step: int = Field(16, ge=1)  # data.train_batch_size: tree roots per step (trace: chosen from the pool)
+    leaves_per_prompt: int = Field(8, ge=2)  # rollout.n: the step's budget is prompts_per_step * this, in leaves
+    temperature: float = Field(0.7, gt=0.0)  # rollout.temperature: sampling (and loss) temperature
+    lr: float = Field(5e-4, gt=0.0)  # tuned on GRPO (docs/demo.md)
+    lr_warmup_steps: int = Field(3, ge=0)  # RL steps of linear warm-up (verl steps its scheduler once per step)
     weight_decay: float = Field(0.0, ge=0.0)
     clip_ratio: float = Field(0.2, gt=0.0)
-    mini_batches: int = Field(2, ge=1)  # optimizer steps per RL step (PPO epochs: 1)
+    mini_batches: int = Field(2, ge=1)  # optimizer steps per RL step (PPO epochs: 1); must divide prompts_per_step
     micro_batch_size: int = Field(16, ge=1)  # rows per forward/backward pass
     max_grad_norm: float = Field(1.0, gt=0.0)
-    eval_every: int = Field(4, ge=1)
-    eval_questions: int = Field(251, ge=1)  # held-out test questions (a fixed sample if fewer than all)
-    eval_temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
-    max_concurrency: int = Field(64, ge=1)  # agent-loop runs in flight
-    max_batch_size: int = Field(32, ge=1)  # rows decoded together by the in-process engine
+    save_every: int = Field(1, ge=1)  # trainer.save_freq: Ctrl-C loses at most this many steps
+    keep_checkpoints: int = Field(2, ge=1)  # trainer.max_actor_ckpt_to_keep (the predictor's follows it)
+    max_batch_size: int = Field(128, ge=1)  # rows the hf rollout server decodes together (128: 1.8x the tokens/s of 32)
+
+
+class EvalSettings(_Strict):
+    """Held-out evaluation: verl's validation (greedy, one chain per question) at the start and
+    every ``every`` steps and after the last."""
+
+    every: int = Field(10, ge=1)  # trainer.test_freq
+    questions: int = Field(1051, ge=1)  # held-out questions (a fixed sample, the same for every run, if fewer than all)
 
 
 class DemoSettings(_Strict):
@@ -95,11 +107,11 @@ class DemoSettings(_Strict):
     teacher: TeacherSettings = TeacherSettings()
     sft: SFTSettings = SFTSettings()
     rl: RLSettings = RLSettings()
+    eval: EvalSettings = EvalSettings()
     trace: TraceConfig = Field(default_factory=lambda: TraceConfig(allocator="trace"))
 
     @model_validator(mode="after")
     def _runnable_allocator(self) -> DemoSettings:
-        # `oracle` needs the true success probability, which only the allocation simulator has
         if self.trace.allocator not in ALLOCATORS:
             raise ValueError(f"trace.allocator {self.trace.allocator!r} cannot run in the demo; "
                              f"choose one of {ALLOCATORS}")
@@ -111,7 +123,9 @@ class DemoSettings(_Strict):
 
     @property
     def estimator(self) -> str:
-        return REGISTRY[self.trace.allocator].estimator
+        """The advantage estimator paired with the allocator; GRPO (``uniform``) uses verl's own
+        ``grpo``, as the recipe's ``method=grpo`` does (the same numbers as ``trace`` on chains)."""
+        return "grpo" if self.trace.allocator == "uniform" else REGISTRY[self.trace.allocator].estimator
 
     @property
     def leaves_per_step(self) -> int:
@@ -124,7 +138,8 @@ METHODS: dict[str, dict[str, Any]] = {"trace": {"allocation": {"pool_factor": 2.
 
 QUICK: dict[str, Any] = {
     "sft": {"demonstrations": 256, "steps": 40, "batch_size": 16},
-    "rl": {"steps": 3, "prompts_per_step": 4, "leaves_per_prompt": 4, "eval_every": 3, "eval_questions": 16},
+    "rl": {"steps": 3, "prompts_per_step": 4, "leaves_per_prompt": 4},
+    "eval": {"every": 3, "questions": 16},
 }
 
 
@@ -137,6 +152,24 @@ def make_settings(*, quick: bool = False, allocator: str = "trace", seed: int = 
     for layer in ([QUICK] if quick else []) + ([overrides] if overrides else []):
         raw = _merge(raw, layer)
     return DemoSettings.model_validate(raw)
+
+
+RESUMABLE_CHANGES = frozenset({"rl.steps"})  # e.g. --resume --steps 40 continues a 24-step run to 40
+
+
+def first_difference(saved: Any, current: Any, where: str = "",
+                     ignore: frozenset[str] = RESUMABLE_CHANGES) -> str | None:
+    """Dotted path of the first differing field of two nested settings dicts (fields in ``ignore``
+    aside), or None: what stops ``--resume`` from continuing a run under other settings."""
+    if where in ignore:
+        return None
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current)):
+            diff = first_difference(saved.get(key), current.get(key), f"{where}.{key}" if where else key, ignore)
+            if diff:
+                return diff
+        return None
+    return None if saved == current else where or "<root>"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

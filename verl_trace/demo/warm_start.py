@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import model as model_io
+from . import shared_names
 from .demonstrations import demonstration_stats, dump_examples, generate_demonstrations
 from .progress import DemoProgress
 from .settings import DemoSettings, verl_config
@@ -23,6 +24,7 @@ from .sft import train_sft
 from .world import MINI_DIR, corpus_texts, load_split
 
 INFO = "warm_start.json"
+FORMAT = 2  # 2: the model directory holds shared_names' model class (older warm starts are rebuilt)
 
 
 @dataclass
@@ -37,7 +39,7 @@ class WarmStart:
 
 def fingerprint(settings: DemoSettings) -> dict[str, Any]:
     """What a warm start depends on (not the allocator or the RL settings)."""
-    return {"seed": settings.seed, **settings.model_dump(include={"model", "task", "teacher", "sft"})}
+    return {"format": FORMAT, "seed": settings.seed, **settings.model_dump(include={"model", "task", "teacher", "sft"})}
 
 
 def find(path: Path, settings: DemoSettings) -> WarmStart | None:
@@ -70,7 +72,9 @@ def prepare(settings: DemoSettings, path: Path, retrieve_url: str, progress: Dem
         progress.update("supervised", info=f"loss {loss:.3f}")
 
     t_sft = time.perf_counter()
-    losses = train_sft(model, demos, settings.sft, tokenizer.pad_token_id, seed=settings.seed, on_step=on_step)
+    name_ids = getattr(model.config, shared_names.CONFIG_KEY)
+    losses = train_sft(model, demos, settings.sft, tokenizer.pad_token_id, name_ids=name_ids, seed=settings.seed,
+                       on_step=on_step)
     model_io.save(tokenizer, model, path)
     info = {
         "fingerprint": fingerprint(settings),

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -46,7 +47,7 @@ from ..config import TraceConfigError, load_trace_config
 from ..predictor import build_featurizer
 from ..predictor.service import RemotePredictor, get_predictor_actor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
-from ..tree import LeafStatus
+from ..tree import LeafStatus, save_trees
 from .agent_loop import TraceToolAgentLoop
 from .reward import RewardFn, compute_score_reward
 from .runner import LeafOutput, StepResult, TreePrompt, TreeRolloutRunner, build_planner
@@ -133,6 +134,10 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         if result is not None:
             # Neither is worth losing the step's trees for: a failure is logged, the trees written.
             await _logged(f"TRACE step {sub.global_steps}: metrics", self._publish_metrics(sub, result.metrics))
+            if self.trace_config.tree_dump_dir:
+                path = Path(self.trace_config.tree_dump_dir) / f"step_{sub.global_steps}-{sub.id[:8]}.json"
+                await _logged(f"TRACE step {sub.global_steps}: tree dump",
+                              asyncio.to_thread(save_trees, result.trees.values(), path))
             try:
                 update = await self._send_predictor_update(result)
             except Exception:
