@@ -73,6 +73,8 @@ def test_token_budget_is_never_exceeded_and_unspent_leaves_are_explained(make_wo
     led = pl.ctx.ledger
     assert led.tokens_generated <= tokens
     assert led.launched <= 18
+    if tokens >= 3 * max_leaf_tokens:  # room for one worst-case chain per root: no root is left empty
+        assert len(pl.ctx.trees) == 3 and all(t.leaves() for t in pl.ctx.trees.values())
     if led.launched < 18:
         assert led.unspent_reasons.get("token_budget", 0) > 0
         assert pl.metrics()["plan/unspent_leaves"] == 18 - led.launched

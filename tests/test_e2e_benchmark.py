@@ -1,7 +1,8 @@
 """``benchmarks/e2e_cpu.py --quick`` end to end through verl's trainer (real server, warm start,
-main_trace runs of two allocators from the same checkpoint), at equal generated tokens: uniform's
-run sets the token budget, trace's run spends at most that per step with more leaves allowed.
-The JSON has the shape the issue asks for. Not the goals: a quick run learns nothing."""
+main_trace runs of two allocators from the same checkpoint) at equal leaves. The JSON has the shape
+the issue asks for. Not the goals: a quick run learns nothing. The equal-tokens mode is not run
+here: the quick model's few tokens per step are below one worst-case chain per root, which
+``main_trace`` refuses at start-up (``tests/trainer/test_config_check.py``)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_quick_benchmark_at_equal_tokens_writes_the_paired_comparison(tmp_path):
+def test_quick_benchmark_at_equal_leaves_writes_the_paired_comparison(tmp_path):
     out = tmp_path / "results.json"
     cmd = [sys.executable, "benchmarks/e2e_cpu.py", "--quick", "--seeds", "1", "--allocators", "uniform,trace",
-           "--budget", "tokens", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--plot",
+           "--budget", "leaves", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--plot",
            str(tmp_path / "e2e.png"), "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
-    assert res["budget"] == "tokens" and res["seeds"] == [0] and 0.0 <= res["start_accuracy"] <= 1.0
+    assert res["budget"] == "leaves" and res["seeds"] == [0] and 0.0 <= res["start_accuracy"] <= 1.0
     assert set(res["allocators"]) == {"uniform", "trace"}
     for name, r in res["allocators"].items():
         assert 0.0 <= r["final_accuracy"]["mean"] <= 1.0, name
@@ -41,13 +42,9 @@ def test_quick_benchmark_at_equal_tokens_writes_the_paired_comparison(tmp_path):
     assert diff["mean"] == pytest.approx(res["allocators"]["trace"]["final_accuracy"]["mean"]
                                          - res["allocators"]["uniform"]["final_accuracy"]["mean"])
     assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
-    # the token budget: uniform's mean tokens per step caps trace's steps, which may use twice the leaves
-    uniform = json.loads((tmp_path / "work" / "seed0" / "leaves" / "uniform" / "report.json").read_text())
-    trace = json.loads((tmp_path / "work" / "seed0" / "tokens" / "trace" / "report.json").read_text())
-    cap = trace["settings"]["trace"]["budget"]["tokens"]
-    assert cap == int(sum(r["tokens"] for r in uniform["curves"]["train"]) / 3)
-    assert trace["settings"]["trace"]["budget"]["leaves_per_prompt"] == 2 * uniform["budget"]["leaves_per_prompt"]
-    assert all(r["tokens"] <= cap for r in trace["curves"]["train"])
+    for name in ("uniform", "trace"):  # both trained from the seed's one warm start at the same leaves per step
+        rep = json.loads((tmp_path / "work" / "seed0" / "leaves" / name / "report.json").read_text())
+        assert rep["trainer"] == "verl_trace.main_trace" and rep["steps"] == 3 and rep["allocator"] == name
     assert (tmp_path / "work" / "seed0" / "warm_start").is_dir()  # one warm start for both runs
     assert (tmp_path / "e2e.png").stat().st_size > 0
 

@@ -67,6 +67,9 @@ def test_grpo_through_main_trace_needs_no_trace_rollout():
         (["trace.max_turns=5"], "trace.max_turns"),  # deeper than max_assistant_turns=3
         (["actor_rollout_ref.rollout.multi_turn.max_assistant_turns=null"], "trace.max_turns"),
         (["trace.allocator=tree_random", "trace.allocation.pool_factor=2"], "trace.allocation.pool_factor"),
+        # a token budget below one worst-case chain per root would leave roots without leaves
+        (["trace.budget.tokens=100", "actor_rollout_ref.rollout.response_length=64", "data.train_batch_size=4"],
+         "trace.budget.tokens"),
     ],
 )
 def test_invalid_setting_names_the_field(overrides, field):

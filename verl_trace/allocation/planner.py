@@ -85,7 +85,12 @@ class TreePlanner:
             ctx.rounds_done[u] = 0
             ctx.in_flight[u] = []
             self._round[u] = -1  # the first chains open round 0
-        launches = self._issue([Launch(u, ROOT, n) for u, n in chosen.items()])
+        first = [Launch(u, ROOT, n) for u, n in chosen.items() if n > 0]
+        if ctx.ledger.budget.tokens is not None:
+            # A token budget reserves a worst-case leaf per leaf in flight: one chain for every root
+            # before any root's second, or the first roots' chains could leave a later root empty.
+            first = [Launch(x.uid, ROOT, 1) for x in first] + [Launch(x.uid, ROOT, x.count - 1) for x in first]
+        launches = self._issue(first)
         return launches or self._final()
 
     def leaf_done(self, launch: Issued, leaf_id: int) -> list[Issued]:

@@ -118,6 +118,15 @@ def prepare_trace_config(config: DictConfig) -> TraceConfig:
             n,
         )
 
+    roots, length = sel("data.train_batch_size"), sel("actor_rollout_ref.rollout.response_length")
+    tokens = trace.budget.tokens
+    if tokens is not None and roots and length and tokens < roots * length:
+        errors.append(
+            f"trace.budget.tokens: {tokens} cannot give each of data.train_batch_size={roots} roots one chain at "
+            f"the worst case of actor_rollout_ref.rollout.response_length={length} tokens (needs >= {roots * length}); "
+            "a root without leaves fails verl's training step"
+        )
+
     if errors:
         raise TraceConfigError("invalid TRACE config:\n  " + "\n  ".join(errors))
 
