@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from verl_trace.demo import cli
 from verl_trace.demo.progress import DemoProgress
+from verl_trace.demo.report import strict_json
 from verl_trace.demo.settings import make_settings
 from verl_trace.demo.world import MINI_DIR
 from verl_trace.tools.retrieval_server.process import RetrievalServerProcess
@@ -185,17 +186,6 @@ def _finite_median(values: list[float]) -> float | None:
     return med if np.isfinite(med) else None
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities as null: strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -282,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"command": " ".join(sys.argv), "work_dir": str(args.work_dir), "quick": args.quick,
                     "seconds": time.perf_counter() - t0})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_finite(summary), indent=1))
+    args.out.write_text(json.dumps(strict_json(summary), indent=1))
     if args.plot:
         plot(summary, args.plot)
     for alloc, res in summary["allocators"].items():

@@ -210,18 +210,18 @@ def write(out: Path, report: dict[str, Any]) -> dict[str, Any]:
         (out / "rollout_tree.json").write_text(json.dumps(tree.to_dict(), default=_jsonable))
         files.append("rollout_tree.json")
     report = {**report, "files": files}
-    (out / "report.json").write_text(json.dumps(_finite(report), indent=1, default=_jsonable))
+    (out / "report.json").write_text(json.dumps(strict_json(report), indent=1, default=_jsonable))
     return report
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities as null: report.json is strict JSON."""
+def strict_json(value: Any) -> Any:
+    """NaN and infinities as null: report.json (and the benchmarks' JSON) is strict JSON."""
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
