@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from benchmarks.sim.regime import StrictModel
 from verl_trace.allocation import ALLOCATORS, Budget, build_allocator, new_planner
 from verl_trace.allocation.drive import drive
 from verl_trace.config import TraceConfig
@@ -27,11 +28,7 @@ from .task import Task, TaskSettings
 ESTIMATOR = {name: cls.estimator for name, cls in ALLOCATORS.items()}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainSettings(_Strict):
+class TrainSettings(StrictModel):
     """Shared by every allocator; tuned on ``uniform`` only (docs/benchmarks.md)."""
 
     roots: int = Field(default=16, ge=1)
@@ -48,7 +45,7 @@ class TrainSettings(_Strict):
     budget: Literal["leaves", "tokens"] = "leaves"
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     task: TaskSettings = TaskSettings()
     train: TrainSettings = TrainSettings()
 

@@ -19,20 +19,12 @@ evaluation noise) and the oracle allocator gets the true probability of every an
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from benchmarks.sim.regime import Component, StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Component(_Strict):
-    weight: float = Field(gt=0.0)
-    mean: float
-    std: float = Field(ge=0.0)
-
-
-class TaskSettings(_Strict):
+class TaskSettings(StrictModel):
     """Everything that defines the task (docs/benchmarks.md, "Learning simulator", explains each)."""
 
     type_dims: int = Field(default=6, ge=1)

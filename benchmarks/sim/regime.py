@@ -16,11 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from verl_trace.allocation import pool_size
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a misspelt setting must not silently keep its default."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class Component(_Strict):
+class Component(StrictModel):
     """One normal component of the initial success-logit mixture."""
 
     weight: float = Field(gt=0.0)
@@ -28,25 +30,25 @@ class Component(_Strict):
     std: float = Field(ge=0.0)
 
 
-class Difficulty(_Strict):
+class Difficulty(StrictModel):
     """Latent difficulty: each prompt's initial success logit is drawn from this mixture."""
 
     components: list[Component] = Field(min_length=1)
 
 
-class Learning(_Strict):
+class Learning(StrictModel):
     """The policy improves between steps: each prompt's logit moves by its own drift per step."""
 
     drift_mean: float = 0.05
     drift_std: float = Field(default=0.05, ge=0.0)
 
 
-class Lognormal(_Strict):
+class Lognormal(StrictModel):
     median: float = Field(gt=0.0)
     sigma: float = Field(default=0.5, ge=0.0)
 
 
-class Turns(_Strict):
+class Turns(StrictModel):
     """How each turn moves the conditional success probability, and when the agent answers."""
 
     max_turns: int = Field(default=6, ge=2)  # assistant turns, the answer turn included
@@ -69,7 +71,7 @@ class Turns(_Strict):
         return self
 
 
-class Tokens(_Strict):
+class Tokens(StrictModel):
     """Tokens per turn (lognormal: heavy right tail), scaled by a per-prompt verbosity factor."""
 
     prompt: Lognormal = Lognormal(median=150, sigma=0.3)
@@ -79,7 +81,7 @@ class Tokens(_Strict):
     verbosity_sigma: float = Field(default=0.3, ge=0.0)
 
 
-class Latency(_Strict):
+class Latency(StrictModel):
     """Virtual time: slots decode at a fixed rate; tool calls run outside the slots."""
 
     decode_tokens_per_s: float = Field(default=40.0, gt=0.0)  # per generation slot
@@ -88,12 +90,12 @@ class Latency(_Strict):
     slots_per_leaf: float = Field(default=0.25, gt=0.0)  # concurrent slots / leaves of the step
 
 
-class Flag(_Strict):
+class Flag(StrictModel):
     hit: float = Field(ge=0.0, le=1.0)  # P(flag shows | event happened)
     false_alarm: float = Field(ge=0.0, le=1.0)  # P(flag shows | it did not)
 
 
-class Observables(_Strict):
+class Observables(StrictModel):
     """What the predictor sees: noisy cues, never the probability itself."""
 
     prompt_signal_std: float = Field(default=3.0, gt=0.0)  # noise (logit units) on the difficulty cue
@@ -106,7 +108,7 @@ class Observables(_Strict):
     entropy_noise_std: float = Field(default=0.3, ge=0.0)
 
 
-class Run(_Strict):
+class Run(StrictModel):
     """The training-like run every allocator gets (same prompts, same pools, same budget)."""
 
     train_prompts: int = Field(default=320, ge=1)
@@ -117,7 +119,7 @@ class Run(_Strict):
     steps: int = Field(default=12, ge=1)
 
 
-class Regime(_Strict):
+class Regime(StrictModel):
     name: str
     description: str = ""
     difficulty: Difficulty
