@@ -249,18 +249,18 @@ class TreePlanner:
         ctx = self.ctx
         drop_truncated = self.cfg.advantage.truncated == "drop"
         mode = self.cfg.predictor.example_weight
-        batches, rows, ys, fresh = [], [], [], []
+        threshold, launch_of = ctx.threshold, self._launch_of
+        failed, truncated = LeafStatus.FAILED, LeafStatus.TRUNCATED
+        trees, anchors, rows, ys, fresh = [], [], [], [], []
         offset = 0
         for tree in ctx.trees.values():
-            nodes = tree.nodes
+            nodes, uid = tree.nodes, tree.uid
             pos: dict[int, int] = {}
             for leaf in nodes:
-                if not leaf.terminal or leaf.status is LeafStatus.FAILED:
+                if not leaf.terminal or leaf.status is failed or (drop_truncated and leaf.status is truncated):
                     continue
-                if drop_truncated and leaf.status is LeafStatus.TRUNCATED:
-                    continue
-                succ = float(leaf.reward >= ctx.threshold)
-                anchor, first = self._launch_of.get((tree.uid, leaf.node_id), (ROOT, True))
+                succ = float(leaf.reward >= threshold)
+                anchor, first = launch_of.get((uid, leaf.node_id), (ROOT, True))
                 below = True  # nodes strictly below the launch anchor were created by this leaf
                 cur = leaf.parent
                 while cur is not None:
@@ -270,11 +270,12 @@ class TreePlanner:
                     fresh.append(below or (first and cur == ROOT))
                     cur = nodes[cur].parent
             if pos:
-                batches.append(ctx.anchor_batch(tree, list(pos)))
+                trees.append(tree)
+                anchors.append(list(pos))
                 offset += len(pos)
-        if not batches:
+        if not trees:
             return AnchorBatch(keys=[]), np.zeros(0)
-        batch = AnchorBatch.concat(batches).select(rows)
+        batch = ctx.anchors_of(trees, anchors).select(rows)
         idx = np.asarray(rows, np.int64)
         if mode == "anchor":
             batch.weight = 1.0 / np.bincount(idx)[idx]

@@ -52,9 +52,8 @@ class BetaPredictor(Predictor):
         for unseen keys."""
         s = np.zeros(len(keys))
         f = np.zeros(len(keys))
-        ev = self._ev
-        for i, k in enumerate(keys):
-            e = ev.get(k)
+        # map(dict.get) runs in C: most keys of a planner call are prefixes never seen before
+        for i, e in enumerate(map(self._ev.get, keys)):
             if e is not None:
                 w = self._weight(self.clock - e[2])
                 s[i], f[i] = w * e[0], w * e[1]
@@ -72,10 +71,13 @@ class BetaPredictor(Predictor):
             return {}
         metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/beta_")
         agg: dict[str, list[float]] = {}
-        for k, v in zip(anchors.keys, y):
-            agg.setdefault(k, [0.0, 0.0])
-            agg[k][0] += v
-            agg[k][1] += 1.0 - v
+        for k, v in zip(anchors.keys, y.tolist()):
+            a = agg.get(k)
+            if a is None:
+                agg[k] = [v, 1.0 - v]
+            else:
+                a[0] += v
+                a[1] += 1.0 - v
         now = self.clock
         for k, (s, f) in agg.items():
             old = self._ev.pop(k, None)

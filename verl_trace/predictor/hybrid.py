@@ -51,17 +51,11 @@ def fit_concentration(m: np.ndarray, s: np.ndarray, n: np.ndarray, kappa_max: fl
 def group_by_key(keys: Sequence[str], y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, successes, count) per distinct key, the mean taken from the key's first row."""
     pos: dict[str, int] = {}
-    first: list[int] = []
-    idx = np.empty(len(keys), np.int64)
-    for i, k in enumerate(keys):
-        j = pos.get(k)
-        if j is None:
-            j = pos[k] = len(first)
-            first.append(i)
-        idx[i] = j
+    idx = np.fromiter((pos.setdefault(k, len(pos)) for k in keys), np.int64, len(keys))
+    first = np.unique(idx, return_index=True)[1]  # groups are numbered in order of first appearance
     s = np.bincount(idx, weights=y, minlength=len(first))
     n = np.bincount(idx, minlength=len(first)).astype(np.float64)
-    return m[np.asarray(first, np.int64)], s, n
+    return m[first], s, n
 
 
 class HybridPredictor(Predictor):
