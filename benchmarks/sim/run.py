@@ -238,7 +238,7 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         pool = [env.root(int(i), step, f"s{step}/p{i}") for i in pool_ids]
         planner = new_planner(cfg, allocator, n_roots=prompts_per_step, budget=budget,
                               max_turns=r.turns.max_turns, predictor=predictor, rng=np.random.default_rng(step))
-        f0 = GC.full
+        f0, s0 = GC.full, GC.seconds
         res = executor.run(planner, pool)
         w0, c0, g0 = time.perf_counter(), time.thread_time(), GC.seconds
         batch, y = planner.training_batch()
@@ -248,7 +248,7 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         if step >= warmup:
             rows.append({"plan_cpu": res.plan_cpu_s, "batch_cpu": c1 - c0, "update_cpu": c2 - c1,
                          "plan_wall": res.plan_wall_s, "batch_wall": w1 - w0, "update_wall": w2 - w1,
-                         "gc_cpu": res.plan_gc_s + GC.seconds - g0, "full_collections": GC.full - f0,
+                         "gc_cpu": res.plan_gc_s + GC.seconds - g0, "full_collections": GC.full - f0, "gc_step": GC.seconds - s0,
                          "events": res.events, "nodes": sum(len(t) for t in res.trees.values()),
                          "anchors_trained": len(y)})
         for t in pool:
@@ -285,7 +285,9 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         "gc_cpu_ms_per_step": {"median": med("gc_cpu"), "min": 1000 * min(x["gc_cpu"] for x in rows),
                                "max": 1000 * max(x["gc_cpu"] for x in rows)},
         "cpu_ms_per_step_without_gc": statistics.median(c - 1000 * x["gc_cpu"] for c, x in zip(cpu, rows)),
-        "full_collections_per_step": statistics.median(x["full_collections"] for x in rows),  # anywhere in the step
+        # anywhere in the step (simulator included): what the collector costs the process per step
+        "full_collections_per_step": statistics.median(x["full_collections"] for x in rows),
+        "gc_cpu_ms_per_step_whole_process": med("gc_step"),
         "events_per_step": statistics.median(x["events"] for x in rows),
         "nodes_per_step": statistics.median(x["nodes"] for x in rows),
         "anchors_trained_per_step": statistics.median(x["anchors_trained"] for x in rows),
