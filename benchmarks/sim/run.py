@@ -287,6 +287,8 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         "cpu_ms_per_step_without_gc": statistics.median(c - 1000 * x["gc_cpu"] for c, x in zip(cpu, rows)),
         # anywhere in the step (simulator included): what the collector costs the process per step
         "full_collections_per_step": statistics.median(x["full_collections"] for x in rows),
+        "full_collections_by_step": [x["full_collections"] for x in rows],
+        "gc_cpu_ms_whole_process_by_step": [1000 * x["gc_step"] for x in rows],
         "gc_cpu_ms_per_step_whole_process": med("gc_step"),
         "events_per_step": statistics.median(x["events"] for x in rows),
         "nodes_per_step": statistics.median(x["nodes"] for x in rows),

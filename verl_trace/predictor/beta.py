@@ -60,16 +60,21 @@ class BetaPredictor(Predictor):
         return s, f
 
     def predict(self, anchors: AnchorBatch) -> Prediction:
-        es, ef = self.evidence(anchors.keys)
+        return self.from_evidence(*self.evidence(anchors.keys))
+
+    def from_evidence(self, es: np.ndarray, ef: np.ndarray) -> Prediction:
+        """The posterior given ``evidence``'s pseudo-counts."""
         a, b = self.alpha0 + es, self.beta0 + ef
         n = a + b
         return Prediction(p=a / n, std=np.sqrt(a * b / (n * n * (n + 1))))
 
-    def update(self, anchors: AnchorBatch, outcomes: np.ndarray) -> dict[str, float]:
+    def update(self, anchors: AnchorBatch, outcomes: np.ndarray, before: Prediction | None = None) -> dict[str, float]:
+        """``before``: this predictor's prediction for ``anchors`` if the caller already made it (the
+        hybrid does), so the ~30,000 keys of a step are not looked up twice."""
         y = check_outcomes(anchors, outcomes)
         if not len(anchors):
             return {}
-        metrics = calibration_report(self.predict(anchors).p, y, prefix="predictor/beta_")
+        metrics = calibration_report((self.predict(anchors) if before is None else before).p, y, prefix="predictor/beta_")
         agg: dict[str, list[float]] = {}
         for k, v in zip(anchors.keys, y.tolist()):
             a = agg.get(k)

@@ -68,12 +68,12 @@ class HybridPredictor(Predictor):
         self.kappa_fit: float | None = None
 
     def predict(self, anchors: AnchorBatch) -> Prediction:
-        return self._posterior(self.shared.predict(anchors), anchors.keys)
+        return self._posterior(self.shared.predict(anchors), self.beta.evidence(anchors.keys))
 
-    def _posterior(self, shared: Prediction, keys: Sequence[str]) -> Prediction:
+    def _posterior(self, shared: Prediction, evidence: tuple[np.ndarray, np.ndarray]) -> Prediction:
         kmax = self.kappa_max if self.kappa_fit is None else min(self.kappa_max, self.kappa_fit)
         a, b = shared.beta_params(kappa_min=min(1.0, kmax), kappa_max=kmax)
-        es, ef = self.beta.evidence(keys)
+        es, ef = evidence
         a, b = a + es, b + ef
         n = a + b
         return Prediction(p=a / n, std=np.sqrt(a * b / (n * n * (n + 1))))
@@ -84,9 +84,10 @@ class HybridPredictor(Predictor):
             return {}
         shared = self.shared.predict(anchors)  # before the update: out-of-sample for this batch
         m = shared.p
-        metrics = calibration_report(self._posterior(shared, anchors.keys).p, y, prefix="predictor/hybrid_")
+        evidence = self.beta.evidence(anchors.keys)  # before the update, like ``shared``
+        metrics = calibration_report(self._posterior(shared, evidence).p, y, prefix="predictor/hybrid_")
         metrics.update(self.shared.update(anchors, outcomes, before=shared))
-        metrics.update(self.beta.update(anchors, outcomes))
+        metrics.update(self.beta.update(anchors, outcomes, before=self.beta.from_evidence(*evidence)))
         if self.shared.updates > 1:  # the first update's "means" are the untrained 0.5 everywhere
             fit = fit_concentration(*group_by_key(anchors.keys, y, m), kappa_max=self.kappa_max)
             if fit is not None:
