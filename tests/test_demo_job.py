@@ -145,8 +145,9 @@ def test_verls_validation_matches_the_demos_evaluator(job):
     """Same model (the warm start), same questions, greedy: verl's validation (through its agent
     loop workers, the hf rollout server and the reward loop) and the demo's in-process evaluator
     generate the same responses and score the same accuracy."""
-    from verl_trace.demo import cli, evaluate
+    from verl_trace.demo import evaluate
     from verl_trace.demo.agent import SearchAgent
+    from verl_trace.demo.family import held_out_questions
     from verl_trace.demo.settings import DemoSettings
     from verl_trace.demo.warm_start import WarmStart
     from verl_trace.demo.world import MINI_DIR
@@ -154,7 +155,7 @@ def test_verls_validation_matches_the_demos_evaluator(job):
 
     out = job["out"]
     settings = DemoSettings.model_validate(json.loads((out / "settings.json").read_text()))
-    questions = cli.held_out_questions(settings)
+    questions = held_out_questions(settings)
     theirs = {q.id: (text, em) for q, text, em in evaluate.validation_rows(out / "validation" / "0.jsonl", questions)}
     tok, model = WarmStart(out / "warm_start", {}).load()
     with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", out / "eval_server.log") as server:
