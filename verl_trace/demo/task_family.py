@@ -25,6 +25,7 @@ import asyncio
 import json
 import math
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,6 +61,20 @@ def _tokenizer(texts: Sequence[str], names: Sequence[str], vocab_size: int):
     # one token per tool name, matched only as a whole word (as the search demo's entity names)
     tok.add_tokens([AddedToken(n, single_word=True, normalized=False) for n in names])
     return tok
+
+
+def as_loaded(tokenizer: Any, config: Any) -> Any:
+    """``tokenizer`` as verl's trainer will load it from the warm start's directory. transformers'
+    ``AutoTokenizer`` loads a tokenizer saved next to a Qwen2 config as its ``Qwen2Tokenizer``, with
+    Qwen's own pre-tokenizer (every digit a token of its own), not the one it was trained with: the
+    demonstrations must be tokenized as the trainer's rollouts will be (measured: a warm start
+    trained on the other tokenization wrote broken tool calls in verl's rollouts)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        config.save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 class FamilyTask(DemoTask):
@@ -109,7 +124,7 @@ class FamilyTask(DemoTask):
         m = s.model
         model = tiny_model(tok, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads, seed=s.seed,
                            max_positions=m.max_positions)
-        return tok, shared_names.configure(model, [])  # the demo's model class; no name rows shared here
+        return as_loaded(tok, model.config), shared_names.configure(model, [])  # no name rows shared here
 
     def demonstrations(self, tokenizer: Any) -> list[Demonstration]:
         """``sft.demonstrations`` teacher chains over the training rows (each row once before any
