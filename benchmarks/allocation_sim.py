@@ -149,8 +149,9 @@ def planner_only(args: argparse.Namespace, regimes: dict[str, Regime], settings:
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
     b = planner["breakdown_cpu_ms"]
     console.print(f"planner + predictor per step: median {planner['ms_per_step']['median']:.0f} ms CPU (plan events {b['plan_events']:.0f}, "
-                  f"training_batch {b['training_batch']:.0f}, predictor update {b['predictor_update']:.0f}); "
-                  f"load {planner['load_average_1m']:.2f}")
+                  f"training_batch {b['training_batch']:.0f}, predictor update {b['predictor_update']:.0f}), "
+                  f"of which garbage collector {planner['gc_cpu_ms_per_step']['median']:.0f}, "
+                  f"without it {planner['cpu_ms_per_step_without_gc']:.0f}; load {planner['load_average_1m']:.2f}")
     return 0
 
 

@@ -34,7 +34,7 @@ class LeafStatus(str, enum.Enum):
     FAILED = "failed"  # engine/tool infrastructure error: no usable outcome
 
 
-@dataclass
+@dataclass(slots=True)
 class TurnStats:
     """Per-turn policy statistics, when the engine returns logprobs."""
 
@@ -55,9 +55,11 @@ class TurnStats:
         return None if self.mean_logprob is None else -self.mean_logprob
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    """One turn (or the root). Token lists are the turn's own tokens, not the whole prefix."""
+    """One turn (or the root). Token lists are the turn's own tokens, not the whole prefix.
+    Slotted: a step holds tens of thousands of nodes, read field by field on the planner's hot path;
+    slots make them smaller and their fields faster to read than a per-node ``__dict__``."""
 
     node_id: int
     parent: int | None

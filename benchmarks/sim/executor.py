@@ -19,6 +19,7 @@ from verl_trace.allocation import Issued, TreePlanner
 from verl_trace.tree import RolloutTree
 
 from .env import Environment, TurnDraw
+from .gcclock import CLOCK as GC
 
 _GEN_DONE, _TOOL_DONE = 0, 1
 
@@ -38,6 +39,7 @@ class StepRun:
     makespan_s: float  # virtual seconds until the last leaf finished
     plan_wall_s: float  # real (wall-clock) seconds inside planner.start / leaves_done
     plan_cpu_s: float  # CPU seconds of this thread inside them (robust on a shared machine)
+    plan_gc_s: float  # of which in the garbage collector (a process-wide cost that lands where it trips)
     events: int  # leaves_done calls
 
 
@@ -56,7 +58,7 @@ class SlotExecutor:
         free = self.slots
         seq = 0
         now = 0.0
-        stats = StepRun(trees={}, makespan_s=0.0, plan_wall_s=0.0, plan_cpu_s=0.0, events=0)
+        stats = StepRun(trees={}, makespan_s=0.0, plan_wall_s=0.0, plan_cpu_s=0.0, plan_gc_s=0.0, events=0)
 
         def start_turn(job: _Job, t: float) -> None:
             nonlocal seq, free
@@ -78,9 +80,10 @@ class SlotExecutor:
                     request(_Job(x, env.continuation(x.uid, x.anchor)), t)
 
         def timed(fn, *args):
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0, g0 = time.perf_counter(), time.thread_time(), GC.seconds
             out = fn(*args)
             stats.plan_cpu_s += time.thread_time() - c0
+            stats.plan_gc_s += GC.seconds - g0
             stats.plan_wall_s += time.perf_counter() - t0
             return out
 

@@ -20,6 +20,7 @@ from verl_trace.predictor import OraclePredictor, build_predictor
 
 from .env import Environment, PromptSet
 from .executor import SlotExecutor
+from .gcclock import CLOCK as GC
 from .metrics import step_metrics
 from .quality import evaluate_predictors
 from .regime import Regime
@@ -232,12 +233,14 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
     leaves = budget.leaves
     executor = SlotExecutor(env, max(1, round(r.latency.slots_per_leaf * leaves)))
     rows = []
+    GC.start()
     for step, pool_ids in enumerate(pools(r, prompts, seed)):
         pool = [env.root(int(i), step, f"s{step}/p{i}") for i in pool_ids]
         planner = new_planner(cfg, allocator, n_roots=prompts_per_step, budget=budget,
                               max_turns=r.turns.max_turns, predictor=predictor, rng=np.random.default_rng(step))
+        f0, s0 = GC.full, GC.seconds
         res = executor.run(planner, pool)
-        w0, c0 = time.perf_counter(), time.thread_time()
+        w0, c0, g0 = time.perf_counter(), time.thread_time(), GC.seconds
         batch, y = planner.training_batch()
         w1, c1 = time.perf_counter(), time.thread_time()
         predictor.update(batch, y)
@@ -245,10 +248,12 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         if step >= warmup:
             rows.append({"plan_cpu": res.plan_cpu_s, "batch_cpu": c1 - c0, "update_cpu": c2 - c1,
                          "plan_wall": res.plan_wall_s, "batch_wall": w1 - w0, "update_wall": w2 - w1,
+                         "gc_cpu": res.plan_gc_s + GC.seconds - g0, "full_collections": GC.full - f0, "gc_step": GC.seconds - s0,
                          "events": res.events, "nodes": sum(len(t) for t in res.trees.values()),
                          "anchors_trained": len(y)})
         for t in pool:
             env.forget(t.uid)
+    GC.stop()
 
     def med(k: str) -> float:
         return 1000 * statistics.median(x[k] for x in rows)
@@ -275,6 +280,16 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         "breakdown_cpu_ms": {
             "plan_events": med("plan_cpu"), "training_batch": med("batch_cpu"), "predictor_update": med("update_cpu"),
         },
+        # Of the CPU time above, what Python's garbage collector took inside these calls: full
+        # collections scan the whole process (torch included) and land wherever a threshold trips.
+        "gc_cpu_ms_per_step": {"median": med("gc_cpu"), "min": 1000 * min(x["gc_cpu"] for x in rows),
+                               "max": 1000 * max(x["gc_cpu"] for x in rows)},
+        "cpu_ms_per_step_without_gc": statistics.median(c - 1000 * x["gc_cpu"] for c, x in zip(cpu, rows)),
+        # anywhere in the step (simulator included): what the collector costs the process per step
+        "full_collections_per_step": statistics.median(x["full_collections"] for x in rows),
+        "full_collections_by_step": [x["full_collections"] for x in rows],
+        "gc_cpu_ms_whole_process_by_step": [1000 * x["gc_step"] for x in rows],
+        "gc_cpu_ms_per_step_whole_process": med("gc_step"),
         "events_per_step": statistics.median(x["events"] for x in rows),
         "nodes_per_step": statistics.median(x["nodes"] for x in rows),
         "anchors_trained_per_step": statistics.median(x["anchors_trained"] for x in rows),

@@ -77,32 +77,52 @@ class PlanContext:
         return np.flatnonzero(ok).tolist()
 
     def anchor_batch(self, tree: RolloutTree, node_ids: Sequence[int]) -> AnchorBatch:
-        nodes = tree.nodes
-        sel = [nodes[i] for i in node_ids]
-        if self.featurize is not None:
-            feats = self.featurize(tree, node_ids)
-        else:
-            rows = [n.features for n in sel]
+        return self.anchors_of([tree], [node_ids])
+
+    def anchors_of(self, trees: Sequence[RolloutTree], node_ids: Sequence[Sequence[int]]) -> AnchorBatch:
+        """One batch for the anchors of many trees, in order: the planner's hot path, so the
+        feature rows are stacked once rather than per tree and then concatenated (same matrix)."""
+        keys: list[str] = []
+        true_p: list[float] | None = []
+        rows: list[np.ndarray] | None = [] if self.featurize is None else None
+        blocks: list[np.ndarray] = []
+        for tree, ids in zip(trees, node_ids):
+            nodes = tree.nodes
+            sel = [nodes[i] for i in ids]
+            if rows is not None:
+                rows.extend(n.features for n in sel)
+            else:
+                blocks.append(self.featurize(tree, ids))
+            if true_p is not None:
+                tp = [n.meta.get("true_p") for n in sel]
+                if None in tp:
+                    true_p = None
+                else:
+                    true_p.extend(tp)
+            keys.extend([anchor_key(tree, i) for i in ids])
+        if rows is not None:
             feats = np.stack(rows) if rows and all(r is not None for r in rows) else None
-        tp = [n.meta.get("true_p") for n in sel]
-        true_p = np.array(tp, np.float64) if tp and all(x is not None for x in tp) else None
-        return AnchorBatch(keys=[anchor_key(tree, i) for i in node_ids], features=feats, true_p=true_p)
+        else:
+            feats = np.concatenate(blocks) if blocks else None
+        tp_arr = np.array(true_p, np.float64) if true_p else None
+        return AnchorBatch(keys=keys, features=feats, true_p=tp_arr)
 
     def predict(self, trees: Sequence[RolloutTree], node_ids: Sequence[Sequence[int]]) -> list[Prediction]:
         """One predictor call for the anchors of many trees; estimates are stored on the nodes
         (``meta['p_hat']``, ``meta['p_std']``) for metrics and the tree renderer."""
         if self.predictor is None:
             raise RuntimeError(f"allocator {self.cfg.allocator!r} needs a predictor")
-        batches = [self.anchor_batch(t, ids) for t, ids in zip(trees, node_ids)]
-        pred = self.predictor.predict(AnchorBatch.concat(batches))
+        pred = self.predictor.predict(self.anchors_of(trees, node_ids))
+        ps, sds = pred.p.tolist(), pred.std.tolist()
         out, start = [], 0
         for t, ids in zip(trees, node_ids):
-            sl = slice(start, start + len(ids))
-            p = Prediction(p=pred.p[sl], std=pred.std[sl])
-            for i, pi, si in zip(ids, p.p, p.std):
-                t[i].meta["p_hat"], t[i].meta["p_std"] = float(pi), float(si)
-            out.append(p)
-            start += len(ids)
+            end = start + len(ids)
+            nodes = t.nodes
+            for i, pi, si in zip(ids, ps[start:end], sds[start:end]):
+                meta = nodes[i].meta
+                meta["p_hat"], meta["p_std"] = pi, si
+            out.append(Prediction(p=pred.p[start:end], std=pred.std[start:end]))
+            start = end
         return out
 
     def predict_roots(self, pool: Sequence[RolloutTree]) -> Prediction:

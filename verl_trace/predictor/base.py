@@ -47,8 +47,9 @@ class AnchorBatch:
 
     def select(self, idx: np.ndarray | Sequence[int]) -> AnchorBatch:
         idx = np.asarray(idx, dtype=np.int64)
+        keys = self.keys
         return AnchorBatch(
-            keys=[self.keys[i] for i in idx],
+            keys=[keys[i] for i in idx.tolist()],  # Python ints index a list faster than numpy scalars
             features=None if self.features is None else self.features[idx],
             true_p=None if self.true_p is None else self.true_p[idx],
             weight=None if self.weight is None else self.weight[idx],

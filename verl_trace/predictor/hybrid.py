@@ -51,17 +51,11 @@ def fit_concentration(m: np.ndarray, s: np.ndarray, n: np.ndarray, kappa_max: fl
 def group_by_key(keys: Sequence[str], y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, successes, count) per distinct key, the mean taken from the key's first row."""
     pos: dict[str, int] = {}
-    first: list[int] = []
-    idx = np.empty(len(keys), np.int64)
-    for i, k in enumerate(keys):
-        j = pos.get(k)
-        if j is None:
-            j = pos[k] = len(first)
-            first.append(i)
-        idx[i] = j
+    idx = np.fromiter((pos.setdefault(k, len(pos)) for k in keys), np.int64, len(keys))
+    first = np.unique(idx, return_index=True)[1]  # groups are numbered in order of first appearance
     s = np.bincount(idx, weights=y, minlength=len(first))
     n = np.bincount(idx, minlength=len(first)).astype(np.float64)
-    return m[np.asarray(first, np.int64)], s, n
+    return m[first], s, n
 
 
 class HybridPredictor(Predictor):
@@ -74,12 +68,12 @@ class HybridPredictor(Predictor):
         self.kappa_fit: float | None = None
 
     def predict(self, anchors: AnchorBatch) -> Prediction:
-        return self._posterior(self.shared.predict(anchors), anchors.keys)
+        return self._posterior(self.shared.predict(anchors), self.beta.evidence(anchors.keys))
 
-    def _posterior(self, shared: Prediction, keys: Sequence[str]) -> Prediction:
+    def _posterior(self, shared: Prediction, evidence: tuple[np.ndarray, np.ndarray]) -> Prediction:
         kmax = self.kappa_max if self.kappa_fit is None else min(self.kappa_max, self.kappa_fit)
         a, b = shared.beta_params(kappa_min=min(1.0, kmax), kappa_max=kmax)
-        es, ef = self.beta.evidence(keys)
+        es, ef = evidence
         a, b = a + es, b + ef
         n = a + b
         return Prediction(p=a / n, std=np.sqrt(a * b / (n * n * (n + 1))))
@@ -90,9 +84,10 @@ class HybridPredictor(Predictor):
             return {}
         shared = self.shared.predict(anchors)  # before the update: out-of-sample for this batch
         m = shared.p
-        metrics = calibration_report(self._posterior(shared, anchors.keys).p, y, prefix="predictor/hybrid_")
+        evidence = self.beta.evidence(anchors.keys)  # before the update, like ``shared``
+        metrics = calibration_report(self._posterior(shared, evidence).p, y, prefix="predictor/hybrid_")
         metrics.update(self.shared.update(anchors, outcomes, before=shared))
-        metrics.update(self.beta.update(anchors, outcomes))
+        metrics.update(self.beta.update(anchors, outcomes, before=self.beta.from_evidence(*evidence)))
         if self.shared.updates > 1:  # the first update's "means" are the untrained 0.5 everywhere
             fit = fit_concentration(*group_by_key(anchors.keys, y, m), kappa_max=self.kappa_max)
             if fit is not None:
