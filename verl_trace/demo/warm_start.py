@@ -18,7 +18,7 @@ import torch
 from . import model as model_io
 from . import shared_names
 from .demonstrations import demonstration_stats, dump_examples
-from .family import DemoTask, SearchTask
+from .family import DemoTask, demo_task
 from .progress import DemoProgress
 from .settings import DemoSettings
 from .sft import train_sft
@@ -40,7 +40,7 @@ class WarmStart:
 def fingerprint(settings: DemoSettings, task: DemoTask | None = None) -> dict[str, Any]:
     """What a warm start depends on (not the allocator or the RL settings); the task adds its own
     (``DemoTask.fingerprint``)."""
-    task = task or SearchTask(settings)
+    task = task or demo_task(settings)
     return {"format": FORMAT, "seed": settings.seed, **task.fingerprint(),
             **settings.model_dump(include={"model", "task", "teacher", "sft"})}
 
@@ -56,9 +56,9 @@ def find(path: Path, settings: DemoSettings, task: DemoTask | None = None) -> Wa
 def prepare(settings: DemoSettings, path: Path, retrieve_url: str | None, progress: DemoProgress,
             task: DemoTask | None = None) -> WarmStart:
     """Build and save the warm start at ``path`` (or reuse the one already there). ``task``: the
-    demo's task (default: the search task, its tools calling the server at ``retrieve_url``)."""
+    demo's task (default: ``settings.task_name``'s; the search task's tools call the server at ``retrieve_url``)."""
     path = Path(path)
-    task = task or SearchTask(settings, retrieve_url)
+    task = task or demo_task(settings, retrieve_url)
     if (found := find(path, settings, task)) is not None:
         progress.log(f"warm start: reusing {path} (start accuracy measured in the RL phase)")
         return found
