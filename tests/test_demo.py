@@ -224,3 +224,74 @@ def test_evaluation_names_where_a_trajectory_left_the_chain(train):
     assert outcome(q, search_text(hop[0]) + answer_text(q.chain[0]["finds"]), 0.0) == "premature_answer"
     assert outcome(q, "".join(search_text(x) for x in hop) + answer_text("x"), 0.0) == "wrong_answer"
     assert outcome(q, "".join(search_text(x) for x in hop), 0.0) == "no_answer"
+
+
+@pytest.mark.parametrize("task", ["bfcl", "math"])
+def test_task_families_point_main_trace_at_the_tasks_reward_and_loop(task, tmp_path, monkeypatch):
+    """``--task bfcl|math``: the same overrides plus the Task's reward function and agent-loop
+    settings compose with cpu_tiny.yaml and pass main_trace's checks (verl's real config)."""
+    from omegaconf import OmegaConf
+
+    from verl_trace.cpu.job import RECIPE_CONFIG_DIR
+    from verl_trace.cpu.prepare import ASSETS_ENV, Assets
+    from verl_trace.demo import trainer
+    from verl_trace.demo.family import demo_task
+    from verl_trace.tasks import get_task
+    from verl_trace.trainer.config_check import prepare_trace_config
+    from verl_trace.trainer.hydra_config import compose_config
+
+    monkeypatch.setenv(ASSETS_ENV, str(tmp_path))
+    s = make_settings(task=task, quick=True)
+    t, family = get_task(task), demo_task(s)
+    over = trainer.overrides(s, Assets(tmp_path, f"{task}_tool.yaml"), tmp_path / "model", tmp_path / "out",
+                             resume=False, task=family)
+    cfg = compose_config("cpu_tiny", RECIPE_CONFIG_DIR, [f"method={trainer.method(s)}", *over])
+    prepare_trace_config(cfg)
+    sel = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    assert sel("reward.custom_reward_function.path") == t.reward_path
+    assert sel("reward.custom_reward_function.name") == t.reward_name
+    for key, value in t.rollout["multi_turn"].items():
+        if key != "max_assistant_turns":
+            assert sel(f"actor_rollout_ref.rollout.multi_turn.{key}") == value, key
+    assert sel("actor_rollout_ref.rollout.multi_turn.max_assistant_turns") == s.task.max_turns
+    assert sel("actor_rollout_ref.rollout.multi_turn.tool_config_path") == str(tmp_path / f"{task}_tool.yaml")
+    assert sel("trainer.total_training_steps") >= 2 and sel("trainer.val_before_train") is True
+    # the held-out accuracy is verl's per-data-source metric, weighted by held-out rows
+    keys = family.accuracy_keys()
+    assert sum(keys.values()) == len(family.held_out()) and family.accuracy({}) is None
+    assert family.accuracy(dict.fromkeys(keys, 0.5)) == pytest.approx(0.5)
+
+
+def test_task_choice_is_checked_and_search_stays_the_default(capsys):
+    from verl_trace.demo import cli
+    from verl_trace.demo.warm_start import fingerprint
+
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--task", "chess"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'chess'" in err and all(f"'{t}'" in err for t in ("search", "bfcl", "math"))
+    with pytest.raises(ValueError, match="choose one of"):
+        make_settings(task="chess")
+    assert cli.parse_args([]).task == "search"
+    search = make_settings(quick=True)
+    assert search.task_name == "search" and search == make_settings(task="search", quick=True)
+    # the search warm start's fingerprint ignores the task families' teacher knob (and vice versa)
+    other = make_settings(quick=True, overrides={"family": {"mistake_rate": 0.9, "train_rows": 2}})
+    assert fingerprint(search) == fingerprint(other)
+    assert fingerprint(make_settings(task="math")) != fingerprint(make_settings(task="math", overrides=
+                                                                                {"family": {"mistake_rate": 0.9}}))
+
+
+def test_resume_accepts_settings_saved_before_task_families_and_refuses_another_task(tmp_path):
+    import json
+
+    from verl_trace.demo import cli
+
+    search = make_settings(quick=True)
+    old = search.model_dump(mode="json")
+    del old["task_name"], old["family"]  # a settings.json written before --task existed
+    (tmp_path / cli.SETTINGS_FILE).write_text(json.dumps(old))
+    assert cli.prepare_out(tmp_path, search, resume=True) is False  # accepted (no checkpoint yet)
+    with pytest.raises(cli.ResumeError, match="task_name"):
+        cli.prepare_out(tmp_path, make_settings(quick=True, overrides={"task_name": "math"}), resume=True)

@@ -56,6 +56,18 @@ def _processes_of(out: Path) -> list[psutil.Process]:
     return found
 
 
+def _logged_a_step(out: Path) -> bool:
+    """verl's metrics file of the first start has a training step's row."""
+    path = out / "metrics.1.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            if json.loads(line)["step"] >= 1:
+                return True
+        except ValueError:  # the line being written
+            pass
+    return False
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ctrl-C for a demo the test gave up on (it stops its trainer and server), then SIGKILL."""
     if proc.poll() is None:
@@ -73,9 +85,11 @@ def job(tmp_path_factory):
     proc = _demo(out, "--steps", "1000")
     try:
         deadline = time.monotonic() + 900
-        while not (out / "checkpoints" / "latest_checkpointed_iteration.txt").is_file():
+        # verl saves a step's checkpoint before it logs the step's metrics (what the partial report
+        # counts): wait for both, or a loaded machine lets Ctrl-C land between the two
+        while not ((out / "checkpoints" / "latest_checkpointed_iteration.txt").is_file() and _logged_a_step(out)):
             assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint after 900 s"
+            assert time.monotonic() < deadline, "no checkpointed and logged step after 900 s"
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         first_log = proc.communicate(timeout=180)[0]
@@ -145,8 +159,9 @@ def test_verls_validation_matches_the_demos_evaluator(job):
     """Same model (the warm start), same questions, greedy: verl's validation (through its agent
     loop workers, the hf rollout server and the reward loop) and the demo's in-process evaluator
     generate the same responses and score the same accuracy."""
-    from verl_trace.demo import cli, evaluate
+    from verl_trace.demo import evaluate
     from verl_trace.demo.agent import SearchAgent
+    from verl_trace.demo.family import held_out_questions
     from verl_trace.demo.settings import DemoSettings
     from verl_trace.demo.warm_start import WarmStart
     from verl_trace.demo.world import MINI_DIR
@@ -154,7 +169,7 @@ def test_verls_validation_matches_the_demos_evaluator(job):
 
     out = job["out"]
     settings = DemoSettings.model_validate(json.loads((out / "settings.json").read_text()))
-    questions = cli.held_out_questions(settings)
+    questions = held_out_questions(settings)
     theirs = {q.id: (text, em) for q, text, em in evaluate.validation_rows(out / "validation" / "0.jsonl", questions)}
     tok, model = WarmStart(out / "warm_start", {}).load()
     with RetrievalServerProcess(MINI_DIR / "corpus.jsonl", out / "eval_server.log") as server:

@@ -33,6 +33,8 @@ LAYERS = {
     "verl_trace.tasks": 7,  # task objects: tools config, reward, data, scripted teacher (bfcl, math)
     "verl_trace.testing": 7,  # scripted policy, arithmetic toy task, tiny model: tests and the demo
     "verl_trace.demo": 8,
+    "verl_trace.demo.family": 8,  # what the demo's job needs from its task (search, or a task family)
+    "verl_trace.demo.task_family": 8,  # --task bfcl|math: a verl_trace.tasks Task adapted to the tiny model
     "verl_trace.cpu.prepare": 8,  # the CPU run's assets: the demo's world, model and warm start
     "verl_trace.cpu.job": 8,  # main_trace on CPU as a child process, for drivers (demo, tests)
     "verl_trace.cpu.run": 8,  # python -m verl_trace.cpu.run

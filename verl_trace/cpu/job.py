@@ -97,20 +97,23 @@ def main_trace_command(method: str = "trace", overrides: Sequence[str] = (),
             f"--config-name={config_name}", f"method={method}", *overrides]
 
 
-def job_env(assets: Assets, retrieve_url: str, workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the child runs in: the CPU switch, the assets, the server, the metrics file."""
+def job_env(assets: Assets, retrieve_url: str | None, workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the child runs in: the CPU switch, the assets, the search server (if the
+    task has one), the metrics file."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always a private local cluster
     env.update({
-        ENV_VAR: "1", ASSETS_ENV: str(assets.root), "RETRIEVAL_URL": retrieve_url,
+        ENV_VAR: "1", ASSETS_ENV: str(assets.root),
         "VERL_FILE_LOGGER_PATH": str(workdir / "metrics.jsonl"), "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0", "HYDRA_FULL_ERROR": "1",
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
     })
+    if retrieve_url is not None:
+        env["RETRIEVAL_URL"] = retrieve_url
     env.update(extra or {})
     return env
 
 
-def run_main_trace(assets: Assets, workdir: str | Path, *, retrieve_url: str, method: str = "trace",
+def run_main_trace(assets: Assets, workdir: str | Path, *, retrieve_url: str | None, method: str = "trace",
                    overrides: Sequence[str] = (), timeout: float | None = None, ray_tmp: str | Path | None = None,
                    env: dict[str, str] | None = None, echo: bool = False, prefix: Sequence[str] = ()) -> TrainerRun:
     """Run main_trace with ``cpu_tiny.yaml`` and ``overrides`` until it exits (or ``timeout``

@@ -51,6 +51,7 @@ class Assets:
     """A prepared directory: what ``cpu_tiny.yaml`` reads through ``VERL_TRACE_CPU_ASSETS``."""
 
     root: Path
+    tool_file: str = "search_tool.yaml"  # the demo's other tasks name their own (``<task>_tool.yaml``)
 
     @property
     def model(self) -> Path:
@@ -66,7 +67,7 @@ class Assets:
 
     @property
     def tool_config(self) -> Path:
-        return self.root / "search_tool.yaml"
+        return self.root / self.tool_file
 
     @property
     def corpus(self) -> Path:

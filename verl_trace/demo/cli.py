@@ -1,7 +1,8 @@
-"""``python -m verl_trace.demo [--quick] [--out DIR] [--allocator NAME] [--seed N] [--resume]``.
+"""``python -m verl_trace.demo [--task search|bfcl|math] [--quick] [--out DIR] [--allocator NAME] [--seed N] [--resume]``.
 
-Starts the retrieval server (127.0.0.1, a free port) over the shipped mini corpus, builds or
-reuses the warm start in ``OUT/warm_start``, runs the RL phase through verl's trainer
+Starts what the task's tools need (``search``, the default: the retrieval server on 127.0.0.1 at
+a free port over the shipped mini corpus; ``bfcl`` and ``math`` need nothing), builds or reuses
+the warm start in ``OUT/warm_start``, runs the RL phase through verl's trainer
 (``python -m verl_trace.main_trace``, see ``trainer``) with the chosen allocator and writes the
 report into ``OUT``. The server is stopped on every exit path. Ctrl-C (or SIGTERM) stops the
 trainer and writes a partial report (exit code 130); ``--resume`` continues from verl's latest
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import shutil
 import signal
 import sys
@@ -25,13 +25,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ..tools.retrieval_server.process import RetrievalServerProcess
 from . import report as report_io
 from . import trainer, warm_start
-from .demonstrations import search_tool_yaml
+from .family import DemoTask, demo_task
 from .progress import DemoProgress
-from .settings import ALLOCATORS, DemoSettings, first_difference, make_settings
-from .world import MINI_DIR, Question, load_split
+from .settings import ALLOCATORS, TASKS, DemoSettings, first_difference, make_settings
 
 SETTINGS_FILE = "settings.json"
 # What a fresh run replaces in OUT (the warm start is kept and reused when its settings match).
@@ -41,6 +39,9 @@ RUN_FILES = ("checkpoints", "validation", "trees", "assets", "metrics.*.jsonl", 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m verl_trace.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="search", choices=TASKS,
+                   help="search (default: the mini multi-hop world), bfcl (BFCL multi-turn function calling) or "
+                        "math (arithmetic with a Python tool); docs/demo.md")
     p.add_argument("--quick", action="store_true", help="a ~3 minute run (what the tests run)")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="report directory (default outputs/demo)")
     p.add_argument("--allocator", default="trace", choices=ALLOCATORS, help="rollout allocator (default trace)")
@@ -75,14 +76,6 @@ def overrides(items: list[str], steps: int | None) -> dict[str, Any]:
     return out
 
 
-def held_out_questions(settings: DemoSettings) -> list[Question]:
-    """The held-out set: all test questions, or a fixed sample of them (the same for every
-    allocator and seed)."""
-    test = load_split("test")
-    n = min(settings.eval.questions, len(test))
-    return random.Random(0).sample(test, n) if n < len(test) else test
-
-
 class ResumeError(ValueError):
     """``--resume`` under settings other than the run's."""
 
@@ -92,7 +85,9 @@ def prepare_out(out: Path, settings: DemoSettings, resume: bool) -> bool:
     clear a previous run's files; returns whether verl has a checkpoint to resume from."""
     saved = out / SETTINGS_FILE
     if resume and saved.is_file():
-        diff = first_difference(json.loads(saved.read_text()), settings.model_dump(mode="json"))
+        # a settings file written before a top-level field existed (task_name, family) ran with its default
+        before = {**DemoSettings().model_dump(mode="json"), **json.loads(saved.read_text())}
+        diff = first_difference(before, settings.model_dump(mode="json"))
         if diff is not None:
             raise ResumeError(f"--resume: the run in {out} was started with a different setting: {diff} "
                              "(use the same settings, or another --out)")
@@ -108,18 +103,17 @@ class Monitor:
     """Turns verl's metrics, as the job writes them, into progress: the RL bar, the start
     accuracy, when the trainer's first step ended."""
 
-    def __init__(self, progress: DemoProgress, steps: int, done: int):
-        self.progress, self.steps = progress, steps
+    def __init__(self, progress: DemoProgress, steps: int, done: int, task: DemoTask):
+        self.progress, self.steps, self.task = progress, steps, task
         self.progress.phase("RL (verl)", steps, completed=done)
         self.logged_start = False
         self.first_step_at: float | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> None:
-        evals = [r for r in rows if trainer.ACCURACY_KEY in r]
+        evals = [(r["step"], acc) for r in rows if (acc := self.task.accuracy(r)) is not None]
         if evals and not self.logged_start:
             self.logged_start = True
-            self.progress.log(f"held-out accuracy at step {evals[0]['step']} (verl's validation): "
-                              f"{evals[0][trainer.ACCURACY_KEY]:.3f}")
+            self.progress.log(f"held-out accuracy at step {evals[0][0]} (verl's validation): {evals[0][1]:.3f}")
         train = [r for r in rows if r["step"] >= 1]
         if not train:
             return
@@ -129,7 +123,7 @@ class Monitor:
         if "trace/effective_sample_ratio" in last:
             info += f"  ESR {last['trace/effective_sample_ratio']:.2f}"
         if evals:
-            info += f"  held-out {evals[-1][trainer.ACCURACY_KEY]:.3f} @ {evals[-1]['step']}"
+            info += f"  held-out {evals[-1][1]:.3f} @ {evals[-1][0]}"
         info += f"  {last.get('timing_s/step', float('nan')):.0f}s/step"
         self.progress.update("RL (verl)", completed=last["step"], info=info)
 
@@ -139,32 +133,29 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
     """The whole job; returns the report (written to ``out`` on every exit path: a run stopped by
     Ctrl-C or an error gets ``status`` "interrupted" or "failed" and the completed steps' curves).
     ``warm_dir`` and ``retrieve_url`` let a caller (the benchmark) share one warm start and one
-    server between runs; otherwise both belong to ``out``."""
+    search server between runs; otherwise both belong to ``out``. The task is ``settings.task_name``."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
     has_checkpoint = prepare_out(out, settings, resume)
-    held_out = held_out_questions(settings)
-    server, warm_info, t_rl, monitor = None, {}, None, None
+    task = demo_task(settings, retrieve_url)
+    warm_info, t_rl, monitor = {}, None, None
     ray_tmp = Path("/tmp") / f"vt-demo-{zlib.crc32(str(out).encode()):08x}"  # Ray's socket paths must stay short
     status = "failed"
     try:
-        if retrieve_url is None:
-            server = RetrievalServerProcess(MINI_DIR / "corpus.jsonl", out / "retrieval_server.log").start()
-            retrieve_url = server.retrieve_url
-            progress.log(f"retrieval server: {server.url} (BM25 over {MINI_DIR / 'corpus.jsonl'})")
-        warm = warm_start.prepare(settings, warm_dir or out / "warm_start", retrieve_url, progress)
+        task.start(out, progress)
+        warm = warm_start.prepare(settings, warm_dir or out / "warm_start", task.retrieve_url, progress, task)
         warm_info = warm.info
-        assets = trainer.write_inputs(out / "assets", [q.row for q in load_split("train")], [q.row for q in held_out],
-                                      search_tool_yaml(settings.task.topk))
+        assets = trainer.write_inputs(out / "assets", task.train_rows(), task.held_out_rows(), task.tool_config(),
+                                      f"{task.name}_tool.yaml")
         done = len([r for r in trainer.read_metrics(out) if r["step"] >= 1]) if has_checkpoint else 0
         progress.log(f"RL: python -m {report_io.TRAINER} (verl's trainer on CPU: FSDP2 actor, hf rollout server, "
                      f"TRACE rollout and estimator; log {out / 'main_trace.log'})"
                      + (" resuming from verl's latest checkpoint" if has_checkpoint else ""))
-        monitor = Monitor(progress, settings.rl.steps, done)
+        monitor = Monitor(progress, settings.rl.steps, done, task)
         t_rl = time.perf_counter()
-        job = trainer.RLJob(settings, out, assets, warm.path, retrieve_url, resume=has_checkpoint, on_metrics=monitor,
+        job = trainer.RLJob(settings, out, assets, warm.path, task, resume=has_checkpoint, on_metrics=monitor,
                             ray_tmp=ray_tmp)
         result = job.run()
         if result.returncode != 0:
@@ -176,8 +167,7 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
         progress.log("interrupted: writing the partial report")
         raise
     finally:
-        if server is not None:
-            server.stop()
+        task.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
         now = time.perf_counter()
         seconds = {"total": now - t0, "warm_start": (t_rl or now) - t0, "rl": now - t_rl if t_rl else 0.0,
@@ -185,7 +175,7 @@ def run(settings: DemoSettings, out: Path, *, quick: bool = False, resume: bool 
         rep = None
         try:
             rows = trainer.read_metrics(out)
-            rep = report_io.build_report(settings, rows, out, held_out, warm_info, quick=quick, status=status,
+            rep = report_io.build_report(settings, rows, out, task, warm_info, quick=quick, status=status,
                                          seconds=seconds)
             rep = report_io.write(out, rep)
         except Exception as exc:  # never mask the run's own error with a reporting one
@@ -214,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
     try:
-        settings = make_settings(quick=args.quick, allocator=args.allocator, seed=args.seed,
+        settings = make_settings(task=args.task, quick=args.quick, allocator=args.allocator, seed=args.seed,
                                  overrides=overrides(args.set, args.steps))
     except (ValidationError, ValueError) as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm)
     with DemoProgress(enabled=not args.no_progress) as progress:
-        progress.log(f"verl-trace CPU demo: allocator {settings.allocator} (advantage {settings.estimator}), "
+        progress.log(f"verl-trace CPU demo: task {settings.task_name}, allocator {settings.allocator} (advantage {settings.estimator}), "
                      f"{settings.rl.steps} RL steps x {settings.leaves_per_step} leaves, seed {settings.seed}, "
                      f"out {args.out}")
         try:

@@ -25,12 +25,14 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..allocation import Budget
 from ..config import BudgetConfig, TraceConfig
 from ..rewards import qa_em
-from ..rollout import TreeRolloutRunner, build_planner, compute_score_reward
+from ..rollout import LeafOutput, RewardFn, TreePrompt, TreeRolloutRunner, build_planner, compute_score_reward
 from ..testing.scripted import PolicyCall, ScriptedPolicyClient
 from ..tools.search_tool import SearchTool, close_shared_sessions
 from .settings import DemoSettings, TeacherSettings
@@ -189,35 +191,35 @@ class Demonstration:
     reward: float
 
 
+async def play(prompts: Sequence[TreePrompt], policy, tokenizer, rollout_config, tools: Sequence[Any],
+               reward_fn: RewardFn, max_turns: int, seed: int, progress: bool) -> list[tuple[str, LeafOutput]]:
+    """One chain per prompt played by the scripted ``policy`` through the real agent loop, tools and
+    reward (the uniform allocator with one leaf per root): (uid, output) of every leaf that did not
+    fail, in the order they finished."""
+    r = rollout_config.actor_rollout_ref.rollout
+    client = ScriptedPolicyClient(tokenizer, policy, prompt_length=r.prompt_length, response_length=r.response_length,
+                                  seed=seed)
+    runner = TreeRolloutRunner(rollout_config, client, tokenizer, tools=list(tools), reward_fn=reward_fn,
+                               hf_model_type="qwen2", max_concurrency=MAX_CONCURRENCY)
+    cfg = TraceConfig(allocator="uniform", budget=BudgetConfig(leaves_per_prompt=1, min_leaves_per_root=1))
+    planner = build_planner(cfg, n_roots=len(prompts), budget=Budget(leaves=len(prompts)), max_turns=max_turns,
+                            rng=np.random.default_rng(seed))
+    result = await runner.run_step(planner, list(prompts), {"temperature": 1.0, "logprobs": False}, progress=progress)
+    return [(leaf.uid, leaf.output) for leaf in result.leaves if leaf.status.value != "failed"]
+
+
 async def _generate(questions: Sequence[Question], teacher: Teacher, tokenizer, rollout_config, retrieve_url: str,
                     settings: DemoSettings, progress: bool) -> list[Demonstration]:
-    r = rollout_config.actor_rollout_ref.rollout
-    client = ScriptedPolicyClient(tokenizer, teacher, prompt_length=r.prompt_length, response_length=r.response_length,
-                                  seed=settings.seed)
-    runner = TreeRolloutRunner(rollout_config, client, tokenizer,
-                               tools=[make_search_tool(retrieve_url, settings.task.topk)],
-                               reward_fn=compute_score_reward(qa_em.compute_score, tokenizer), hf_model_type="qwen2",
-                               max_concurrency=MAX_CONCURRENCY)
-    # One plain chain per question: the uniform allocator with one leaf per root.
-    cfg = TraceConfig(allocator="uniform", budget=BudgetConfig(leaves_per_prompt=1, min_leaves_per_root=1))
-    from ..allocation import Budget
-
-    planner = build_planner(cfg, n_roots=len(questions), budget=Budget(leaves=len(questions)),
-                            max_turns=settings.task.max_turns, rng=np.random.default_rng(settings.seed))
     try:
-        result = await runner.run_step(planner, [q.prompt(f"demo-{i}") for i, q in enumerate(questions)],
-                                       {"temperature": 1.0, "logprobs": False}, progress=progress)
+        played = await play([q.prompt(f"demo-{i}") for i, q in enumerate(questions)], teacher, tokenizer,
+                            rollout_config, [make_search_tool(retrieve_url, settings.task.topk)],
+                            compute_score_reward(qa_em.compute_score, tokenizer), settings.task.max_turns,
+                            settings.seed, progress)
     finally:
         await close_shared_sessions()
     by_uid = {f"demo-{i}": q for i, q in enumerate(questions)}
-    demos = []
-    for leaf in result.leaves:
-        out = leaf.output
-        if leaf.status.value == "failed":
-            continue
-        demos.append(Demonstration(by_uid[leaf.uid].id, list(out.prompt_ids), list(out.response_ids),
-                                   list(out.response_mask), float(out.reward_score)))
-    return demos
+    return [Demonstration(by_uid[uid].id, list(out.prompt_ids), list(out.response_ids), list(out.response_mask),
+                          float(out.reward_score)) for uid, out in played]
 
 
 def generate_demonstrations(questions: Sequence[Question], tokenizer, rollout_config, retrieve_url: str,

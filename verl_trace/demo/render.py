@@ -185,13 +185,15 @@ def tree_summary(tree: RolloutTree) -> list[dict]:
 
 
 def pick_tree(trees: dict[str, RolloutTree]) -> RolloutTree | None:
-    """The most instructive tree of a step: branched below the root, mixed outcomes, predictor
-    estimates present; ties go to the smaller tree (easier to read)."""
+    """The most instructive tree of a step: one that shows a tool call and its observation (a
+    half-trained policy's malformed calls get none), branched below the root, mixed outcomes,
+    predictor estimates present; ties go to the smaller tree (easier to read)."""
     def score(t: RolloutTree) -> tuple:
         leaves = t.leaves()
         rewards = {n.reward for n in leaves if n.reward is not None}
         branched = sum(1 for n in t.nodes[1:] if len(n.children) >= 2)
         has_p = sum(1 for n in t.nodes if "p_hat" in n.meta)
-        return (branched > 0, len(rewards) > 1, has_p > 1, -len(t.nodes))
+        tool_use = any(n.tool_calls and n.obs_text for n in t.nodes[1:])
+        return (tool_use, branched > 0, len(rewards) > 1, has_p > 1, -len(t.nodes))
 
     return max(trees.values(), key=score) if trees else None

@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..tree import RolloutTree, load_trees
-from .evaluate import read_validation
+from .family import DemoTask
 from .render import pick_tree, save_html, save_png
 from .settings import DemoSettings
-from .trainer import ACCURACY_KEY
-from .world import Question
 
 TRAINER = "verl_trace.main_trace"
 # The per-step curve: a short name for each metric of verl's or TRACE's that the plots and the
@@ -62,22 +60,19 @@ def train_curve(rows: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def eval_curve(rows: Sequence[dict[str, Any]], train: Sequence[dict[str, float]], out: Path,
-               questions: Sequence[Question]) -> list[dict[str, float]]:
-    """One record per validation: verl's accuracy and, from verl's dump of the generations,
-    accuracy by hops and where failures left the gold chain; ``train`` (:func:`train_curve`)
-    gives the generated tokens so far."""
+               task: DemoTask) -> list[dict[str, float]]:
+    """One record per validation: verl's accuracy and what the task reads from verl's dump of the
+    generations (search: accuracy by hops and where failures left the gold chain); ``train``
+    (:func:`train_curve`) gives the generated tokens so far."""
     tokens = {0: 0, **{r["step"]: r["cumulative_tokens"] for r in train}}
     curve = []
     for row in rows:
-        if ACCURACY_KEY not in row:
+        if (accuracy := task.accuracy(row)) is None:
             continue
         step = int(row["step"])
         rec: dict[str, float] = {"step": step, "cumulative_tokens": tokens.get(step, 0)}
-        dump = Path(out) / "validation" / f"{step}.jsonl"
-        if dump.is_file():
-            rec.update(read_validation(dump, questions))
-        rec["accuracy"] = float(row[ACCURACY_KEY])  # verl's own number
-        rec["format_ok"] = _num(row.get("val-aux/mini/format_ok/mean@1"))
+        rec.update(task.read_validation(Path(out) / "validation" / f"{step}.jsonl", row))
+        rec["accuracy"] = float(accuracy)  # verl's own number
         curve.append(rec)
     return curve
 
@@ -93,15 +88,16 @@ def checkpoints(out: Path) -> dict[str, Any]:
             "latest_step": int(latest.read_text().strip()) if latest.is_file() else None}
 
 
-def build_report(settings: DemoSettings, rows: Sequence[dict[str, Any]], out: Path, questions: Sequence[Question],
+def build_report(settings: DemoSettings, rows: Sequence[dict[str, Any]], out: Path, task: DemoTask,
                  warm_info: dict[str, Any], *, quick: bool, status: str, seconds: dict[str, float]) -> dict[str, Any]:
     steps = train_curve(rows)
-    evals = eval_curve(rows, steps, out, questions)
+    evals = eval_curve(rows, steps, out, task)
     start = evals[0]["accuracy"] if evals else None
     final = evals[-1]["accuracy"] if evals else None
     leaves = [r["leaves"] for r in steps if np.isfinite(r["leaves"])]
     return {
         "trainer": TRAINER,
+        "task": task.name,
         "allocator": settings.allocator,
         "estimator": settings.estimator,
         "seed": settings.seed,
@@ -124,7 +120,8 @@ def build_report(settings: DemoSettings, rows: Sequence[dict[str, Any]], out: Pa
         },
         "train_reward_mean": _mean([r["reward_mean"] for r in steps]),
         "effective_sample_ratio_mean": _mean([r["effective_sample_ratio"] for r in steps]),
-        "eval_questions": int(evals[0]["questions"]) if evals and "questions" in evals[0] else len(questions),
+        "eval_questions": int(evals[0]["questions"]) if evals and "questions" in evals[0] else len(task.held_out()),
+        "accuracy_label": task.accuracy_label,
         "warm_start": {k: v for k, v in warm_info.items() if k not in ("fingerprint", "sft_loss_curve")},
         "seconds": seconds,
         "checkpoints": checkpoints(out),
@@ -157,10 +154,10 @@ def plot_curves(report: dict[str, Any], out: Path) -> list[Path]:
         x = [e[key] for e in evals]
         ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, label=label)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out accuracy (EM)")
+        ax.set_ylabel(report.get("accuracy_label", "held-out accuracy"))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"held-out accuracy on {report['eval_questions']} test questions (verl's validation, greedy; "
+    fig.suptitle(f"{report['task']}: held-out accuracy on {report['eval_questions']} test questions (verl's validation, greedy; "
                  f"bars: ± one standard error); {report['budget']['leaves_per_step']} leaves per step", fontsize=9)
     fig.tight_layout()
     paths.append(out / "accuracy.png")

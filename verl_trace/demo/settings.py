@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..allocation import ALLOCATORS as REGISTRY
 from ..config import TraceConfig
 from ..protocol import TREE_ESTIMATORS
+from ..tasks import TASKS as TASK_FAMILIES
+
+TASKS = ("search", *TASK_FAMILIES)
+"""The demo's tasks: its own search world, and the task families of ``verl_trace.tasks``."""
 
 ALLOCATORS = [name for name, cls in REGISTRY.items()
               if not cls.simulator_only and (not cls.grows_trees or cls.estimator in TREE_ESTIMATORS)]
@@ -60,6 +64,18 @@ class TeacherSettings(_Strict):
     wrong_answer: float = Field(0.08, ge=0.0, le=1.0)  # all hops done, answer with a distractor
 
 
+class FamilySettings(_Strict):
+    """Settings of the task families (``--task bfcl|math``); the search task ignores them."""
+
+    # The families' teachers (``Task.teacher``) have one knob: how often they err (corrupt a call's
+    # argument, end a turn early, a wrong operator, a guess without the tool; verl_trace/tasks/).
+    mistake_rate: float = Field(0.3, ge=0.0, le=1.0)
+    # Train on the first N training rows only (None: all). A model trained from scratch in a minute
+    # cannot generalize to these tasks; memorizing a few rows is what gives a quick run's first RL
+    # steps successes and failures to compare.
+    train_rows: int | None = Field(None, ge=1)
+
+
 class SFTSettings(_Strict):
     demonstrations: int = Field(1500, ge=8)  # one per training question (sampled without replacement first)
     steps: int = Field(400, ge=1)
@@ -98,6 +114,8 @@ class EvalSettings(_Strict):
 
 
 class DemoSettings(_Strict):
+    # search: the mini multi-hop world (recipes/search_r1); bfcl, math: verl_trace.tasks.get_task(name)
+    task_name: str = "search"
     seed: int = 0
     # torch threads for training and decoding. One: with two, OpenMP's barriers stall whenever
     # another process holds a core, and steps got ~10x slower on the shared 2-core machine.
@@ -105,6 +123,7 @@ class DemoSettings(_Strict):
     model: ModelSettings = ModelSettings()
     task: TaskSettings = TaskSettings()
     teacher: TeacherSettings = TeacherSettings()
+    family: FamilySettings = FamilySettings()
     sft: SFTSettings = SFTSettings()
     rl: RLSettings = RLSettings()
     eval: EvalSettings = EvalSettings()
@@ -112,6 +131,8 @@ class DemoSettings(_Strict):
 
     @model_validator(mode="after")
     def _runnable_allocator(self) -> DemoSettings:
+        if self.task_name not in TASKS:
+            raise ValueError(f"task_name {self.task_name!r} is not a demo task; choose one of {list(TASKS)}")
         if self.trace.allocator not in ALLOCATORS:
             raise ValueError(f"trace.allocator {self.trace.allocator!r} cannot run in the demo; "
                              f"choose one of {ALLOCATORS}")
@@ -143,13 +164,46 @@ QUICK: dict[str, Any] = {
 }
 
 
-def make_settings(*, quick: bool = False, allocator: str = "trace", seed: int = 0,
+# The task families' sequences (measured on their teachers' demonstrations, docs/demo.md): BFCL mini
+# prompts 186-326 tokens and responses up to ~460 (several user turns, calls and observations);
+# math prompts under 80 tokens, responses under 60. Their training sets are small (BFCL 8 entries,
+# math 64 problems), so a step takes 4 roots. The turn limit is the task's own (``Task.rollout``).
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "bfcl": {"task": {"prompt_length": 512, "response_length": 640}, "model": {"max_positions": 1152},
+             "rl": {"prompts_per_step": 4}, "eval": {"every": 5}},
+    "math": {"task": {"prompt_length": 128, "response_length": 192}, "rl": {"prompts_per_step": 8}, "eval": {"every": 5}},
+}
+# --quick for a task family: the smallest model of the CPU assets (verl_trace/cpu/prepare.py), two RL
+# steps, and a supervised phase long enough to memorize a few training rows, which is what gives the
+# first RL steps both successes and failures (measured: docs/demo.md). BFCL samples at temperature 1,
+# as the model learned the teacher's mixture of right and wrong calls (0.7 picked the likelier one in
+# every leaf of a tree); math at 1 garbled most calls' JSON, at the default 0.7 it does not.
+# Learning is not the point here.
+_SMALL = {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1}
+TASK_QUICK: dict[str, dict[str, Any]] = {
+    "bfcl": {"model": _SMALL, "family": {"train_rows": 2}, "sft": {"demonstrations": 128, "steps": 250, "batch_size": 8},
+             "rl": {"steps": 2, "prompts_per_step": 2, "leaves_per_prompt": 8, "temperature": 1.0}, "eval": {"every": 2}},
+    "math": {"model": _SMALL, "family": {"train_rows": 8}, "sft": {"steps": 300},
+             "rl": {"steps": 2, "prompts_per_step": 4}, "eval": {"every": 2}},
+}
+
+
+def make_settings(*, task: str = "search", quick: bool = False, allocator: str = "trace", seed: int = 0,
                   overrides: dict[str, Any] | None = None) -> DemoSettings:
-    """The full or quick preset for ``allocator`` and ``seed``, with optional nested overrides
-    (e.g. ``{"rl": {"steps": 10}}``). Bad values fail naming the field."""
+    """The full or quick preset of ``task`` for ``allocator`` and ``seed``, with optional nested
+    overrides (e.g. ``{"rl": {"steps": 10}}``). Bad values fail naming the field."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}; choose one of {list(TASKS)}")
     trace = _merge({"allocator": allocator, "seed": seed, "predictor": {"seed": seed}}, METHODS.get(allocator, {}))
     raw: dict[str, Any] = {"seed": seed, "trace": trace}
-    for layer in ([QUICK] if quick else []) + ([overrides] if overrides else []):
+    layers = [QUICK] if quick else []
+    if task != "search":
+        from ..tasks import get_task
+
+        turns = get_task(task).rollout["multi_turn"]["max_assistant_turns"]
+        layers = [{"task_name": task, "task": {"max_turns": turns}}, TASK_PRESETS[task], *layers,
+                  *([TASK_QUICK[task]] if quick else [])]
+    for layer in layers + ([overrides] if overrides else []):
         raw = _merge(raw, layer)
     return DemoSettings.model_validate(raw)
 
@@ -179,13 +233,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def verl_config(task: TaskSettings):
-    """The slice of verl's trainer config that the agent loop and the tree runner read."""
+def verl_config(task: TaskSettings, multi_turn: dict[str, Any] | None = None):
+    """The slice of verl's trainer config that the agent loop and the tree runner read;
+    ``multi_turn``: a task's own agent-loop settings (``Task.rollout``), the demo's turn limit kept."""
     from omegaconf import OmegaConf
 
-    multi_turn = {"format": "hermes", "max_user_turns": task.max_turns, "max_assistant_turns": task.max_turns,
-                  "max_parallel_calls": 1, "max_tool_response_length": task.max_tool_response_chars,
-                  "tool_response_truncate_side": "right"}
+    multi_turn = {"format": "hermes", "max_user_turns": task.max_turns, "max_parallel_calls": 1,
+                  "max_tool_response_length": task.max_tool_response_chars, "tool_response_truncate_side": "right",
+                  **(multi_turn or {}), "max_assistant_turns": task.max_turns}
     rollout = {"prompt_length": task.prompt_length, "response_length": task.response_length,
                "full_determinism": False, "multi_turn": multi_turn}
     return OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}, "data": {"apply_chat_template_kwargs": {}}})

@@ -39,21 +39,19 @@ import yaml
 from ..config import TraceConfig
 from ..cpu.job import TrainerRun, read_step_metrics, run_main_trace
 from ..cpu.prepare import Assets
+from .family import DemoTask, SearchTask
 from .settings import DemoSettings
 from .world import prepare_data
 
-# verl's validation metric that is the held-out accuracy: the mean exact match (``em``, from the
-# qa_em reward's extra info) of one greedy chain per question of the data source "mini".
-ACCURACY_KEY = "val-aux/mini/em/mean@1"
 METHOD = {"trace": "trace", "tree_grpo": "tree_grpo"}  # estimator -> the recipe's method=; else grpo
 
 
 def write_inputs(root: Path, train: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]],
-                 tool_config: dict[str, Any]) -> Assets:
+                 tool_config: dict[str, Any], tool_file: str = "search_tool.yaml") -> Assets:
     """The job's inputs in ``root``: train and held-out rows (verl's parquet layout, as the
-    recipe's ``prepare_data.py`` writes them) and verl's tool YAML. The model comes from the warm
-    start (an override). Nothing here is specific to the search task."""
-    assets = Assets(Path(root).resolve())
+    recipes' ``prepare_data.py`` write them) and verl's tool YAML (``tool_file``). The model comes
+    from the warm start (an override). Nothing here is specific to a task."""
+    assets = Assets(Path(root).resolve(), tool_file)
     write = prepare_data().write_parquet
     write(list(train), assets.train_file)
     write(list(held_out), assets.val_file)
@@ -67,9 +65,11 @@ def method(settings: DemoSettings) -> str:
     return METHOD.get(settings.estimator, "grpo")
 
 
-def overrides(settings: DemoSettings, assets: Assets, model_dir: Path, out: Path, *, resume: bool) -> list[str]:
-    """Hydra overrides of ``cpu_tiny.yaml`` that make main_trace run the demo's settings."""
-    s, rl, task, ev = settings, settings.rl, settings.task, settings.eval
+def overrides(settings: DemoSettings, assets: Assets, model_dir: Path, out: Path, *, resume: bool,
+              task: DemoTask | None = None) -> list[str]:
+    """Hydra overrides of ``cpu_tiny.yaml`` that make main_trace run the demo's settings on its
+    task (default: the search task), the task's own (``DemoTask.overrides``: reward, agent loop) last."""
+    s, rl, ep, ev = settings, settings.rl, settings.task, settings.eval
     if rl.prompts_per_step % rl.mini_batches:
         raise ValueError(f"rl.mini_batches ({rl.mini_batches}) must divide rl.prompts_per_step ({rl.prompts_per_step})")
     trace = s.trace
@@ -88,20 +88,18 @@ def overrides(settings: DemoSettings, assets: Assets, model_dir: Path, out: Path
         "data.val_max_samples=-1",
         f"data.seed={s.seed}",
         f"data.train_batch_size={rl.prompts_per_step}",
-        f"data.max_prompt_length={task.prompt_length}",
-        f"data.max_response_length={task.response_length}",
+        f"data.max_prompt_length={ep.prompt_length}",
+        f"data.max_response_length={ep.response_length}",
         # the episode
         f"actor_rollout_ref.rollout.n={rl.leaves_per_prompt}",
         f"actor_rollout_ref.rollout.temperature={rl.temperature}",
-        f"actor_rollout_ref.rollout.max_model_len={task.prompt_length + task.response_length}",
-        f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={task.max_turns}",
-        f"actor_rollout_ref.rollout.multi_turn.max_user_turns={task.max_turns}",
-        f"actor_rollout_ref.rollout.multi_turn.max_tool_response_length={task.max_tool_response_chars}",
+        f"actor_rollout_ref.rollout.max_model_len={ep.prompt_length + ep.response_length}",
+        f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={ep.max_turns}",
+        f"actor_rollout_ref.rollout.multi_turn.max_tool_response_length={ep.max_tool_response_chars}",
         f"actor_rollout_ref.rollout.multi_turn.tool_config_path={assets.tool_config}",
         f"actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size={rl.max_batch_size}",
         f"+actor_rollout_ref.rollout.engine_kwargs.hf.seed={s.seed}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
-        "reward.custom_reward_function.reward_kwargs.format_score=0.0",  # reward = exact match
         # the update
         f"actor_rollout_ref.actor.optim.lr={rl.lr}",
         f"actor_rollout_ref.actor.optim.lr_warmup_steps={rl.lr_warmup_steps}",
@@ -114,7 +112,7 @@ def overrides(settings: DemoSettings, assets: Assets, model_dir: Path, out: Path
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.actor.fsdp_config.seed={s.seed}",
         # the run
-        f"trainer.experiment_name=demo_{trace.allocator}_seed{s.seed}",
+        f"trainer.experiment_name=demo_{s.task_name + '_' if s.task_name != 'search' else ''}{trace.allocator}_seed{s.seed}",
         f"trainer.total_training_steps={rl.steps}",
         "trainer.total_epochs=1000",  # the step count ends the run
         f"trainer.save_freq={rl.save_every}",
@@ -123,6 +121,7 @@ def overrides(settings: DemoSettings, assets: Assets, model_dir: Path, out: Path
         f"trainer.val_before_train={str(not resume).lower()}",  # a resumed run has its start evaluation
         f"trainer.validation_data_dir={out / 'validation'}",
         f"trainer.resume_mode={'auto' if resume else 'disable'}",
+        *(task or SearchTask(settings)).overrides(),
     ]
 
 
@@ -169,7 +168,7 @@ class RLJob:
     out: Path
     assets: Assets
     model_dir: Path
-    retrieve_url: str
+    task: DemoTask
     resume: bool = False
     on_metrics: Callable[[list[dict[str, Any]]], None] | None = None
     ray_tmp: Path | None = None
@@ -185,8 +184,9 @@ class RLJob:
             follower.start()
         try:
             return run_main_trace(
-                self.assets, self.out, retrieve_url=self.retrieve_url, method=method(self.settings),
-                overrides=overrides(self.settings, self.assets, self.model_dir, self.out, resume=self.resume),
+                self.assets, self.out, retrieve_url=self.task.retrieve_url, method=method(self.settings),
+                overrides=overrides(self.settings, self.assets, self.model_dir, self.out, resume=self.resume,
+                                    task=self.task),
                 ray_tmp=self.ray_tmp, env={"VERL_FILE_LOGGER_PATH": str(metrics_file)},
             )  # fmt: skip
         finally:

@@ -1,5 +1,5 @@
 """The warm start: tokenizer and tiny model built here, imperfect demonstrations generated through
-the real agent loop and search server, and the short supervised phase. Saved to a directory that
+the real agent loop and the task's tools (``family.DemoTask``), and the short supervised phase. Saved to a directory that
 the RL phase (and every allocator of a benchmark seed) starts from; reused when it already holds
 a warm start made with the same settings.
 """
@@ -17,11 +17,11 @@ import torch
 
 from . import model as model_io
 from . import shared_names
-from .demonstrations import demonstration_stats, dump_examples, generate_demonstrations
+from .demonstrations import demonstration_stats, dump_examples
+from .family import DemoTask, demo_task
 from .progress import DemoProgress
-from .settings import DemoSettings, verl_config
+from .settings import DemoSettings
 from .sft import train_sft
-from .world import MINI_DIR, corpus_texts, load_split
 
 INFO = "warm_start.json"
 FORMAT = 2  # 2: the model directory holds shared_names' model class (older warm starts are rebuilt)
@@ -37,35 +37,40 @@ class WarmStart:
         return model_io.load(self.path)
 
 
-def fingerprint(settings: DemoSettings) -> dict[str, Any]:
-    """What a warm start depends on (not the allocator or the RL settings)."""
-    return {"format": FORMAT, "seed": settings.seed, **settings.model_dump(include={"model", "task", "teacher", "sft"})}
+def fingerprint(settings: DemoSettings, task: DemoTask | None = None) -> dict[str, Any]:
+    """What a warm start depends on (not the allocator or the RL settings); the task adds its own
+    (``DemoTask.fingerprint``)."""
+    task = task or demo_task(settings)
+    return {"format": FORMAT, "seed": settings.seed, **task.fingerprint(),
+            **settings.model_dump(include={"model", "task", "teacher", "sft"})}
 
 
-def find(path: Path, settings: DemoSettings) -> WarmStart | None:
+def find(path: Path, settings: DemoSettings, task: DemoTask | None = None) -> WarmStart | None:
     info_path = Path(path) / INFO
     if not info_path.is_file():
         return None
     info = json.loads(info_path.read_text())
-    return WarmStart(Path(path), info) if info.get("fingerprint") == fingerprint(settings) else None
+    return WarmStart(Path(path), info) if info.get("fingerprint") == fingerprint(settings, task) else None
 
 
-def prepare(settings: DemoSettings, path: Path, retrieve_url: str, progress: DemoProgress) -> WarmStart:
-    """Build and save the warm start at ``path`` (or reuse the one already there)."""
+def prepare(settings: DemoSettings, path: Path, retrieve_url: str | None, progress: DemoProgress,
+            task: DemoTask | None = None) -> WarmStart:
+    """Build and save the warm start at ``path`` (or reuse the one already there). ``task``: the
+    demo's task (default: ``settings.task_name``'s; the search task's tools call the server at ``retrieve_url``)."""
     path = Path(path)
-    if (found := find(path, settings)) is not None:
+    task = task or demo_task(settings, retrieve_url)
+    if (found := find(path, settings, task)) is not None:
         progress.log(f"warm start: reusing {path} (start accuracy measured in the RL phase)")
         return found
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    train = load_split("train")
-    tokenizer, model = model_io.build(corpus_texts(MINI_DIR), train, settings.model, settings.seed)
+    tokenizer, model = task.build_model()
     progress.log(f"model: Qwen2, {model_io.parameter_count(model) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
     t_demo = time.perf_counter()
-    demos = generate_demonstrations(train, tokenizer, verl_config(settings.task), retrieve_url, settings, progress=False)
+    demos = task.demonstrations(tokenizer)
     stats = demonstration_stats(demos)
-    progress.log(f"demonstrations: {len(demos)} through the agent loop and search server, teacher accuracy "
-                 f"{stats['teacher_accuracy']:.2f} ({time.perf_counter() - t_demo:.0f}s)")
+    progress.log(f"demonstrations: {len(demos)} through the agent loop and the {task.name} task's tools, teacher "
+                 f"accuracy {stats['teacher_accuracy']:.2f} ({time.perf_counter() - t_demo:.0f}s)")
     progress.phase("supervised", settings.sft.steps)
 
     def on_step(step: int, loss: float) -> None:

@@ -1,6 +1,7 @@
 """Layer 7: task families as :class:`~.base.Task` objects (tools, reward, data, scripted teacher).
 
-``get_task(name)`` for ``bfcl`` and ``math``. The search task predates this interface and lives in
+``get_task(name)`` for ``bfcl`` and ``math``; the CPU demo runs them with ``--task``
+(``verl_trace.demo.task_family``). The search task predates this interface and lives in
 ``recipes/search_r1`` and ``verl_trace.demo``.
 """
 
