@@ -100,7 +100,7 @@ def run_all(allocators: list[str], seeds: list[int], budget: str, overrides: dic
                 if budget == "tokens" and alloc != "uniform":
                     leaves = matched_leaves(reports["uniform"][seed], one(seed, alloc, "leaves", overrides))
                     extra = {**overrides, "rl": {**overrides.get("rl", {}), "leaves_per_prompt": leaves}}
-                reports[alloc][seed] = one(seed, alloc, budget, extra)
+                reports[alloc][seed] = one(seed, alloc, "leaves" if alloc == "uniform" else budget, extra)
     return {a: reports[a] for a in allocators}
 
 
