@@ -53,8 +53,7 @@ BUDGETS = ("leaves", "tokens")
 
 
 def run_dir(work: Path, seed: int, budget: str, alloc: str) -> Path:
-    """uniform is the reference of both budgets: its one run is the ``leaves`` run."""
-    return work / f"seed{seed}" / ("leaves" if alloc == "uniform" else budget) / alloc
+    return work / f"seed{seed}" / budget / alloc
 
 
 def finished(out: Path) -> dict[str, Any] | None:
@@ -100,6 +99,7 @@ def run_all(allocators: list[str], seeds: list[int], budget: str, overrides: dic
                 if budget == "tokens" and alloc != "uniform":
                     leaves = matched_leaves(reports["uniform"][seed], one(seed, alloc, "leaves", overrides))
                     extra = {**overrides, "rl": {**overrides.get("rl", {}), "leaves_per_prompt": leaves}}
+                # uniform is the reference of both budgets: its one run is the ``leaves`` run
                 reports[alloc][seed] = one(seed, alloc, "leaves" if alloc == "uniform" else budget, extra)
     return {a: reports[a] for a in allocators}
 

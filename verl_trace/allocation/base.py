@@ -76,9 +76,6 @@ class PlanContext:
         ok = (c["leaf"] == 0) & (c["depth"] < self.max_turns)
         return np.flatnonzero(ok).tolist()
 
-    def anchor_batch(self, tree: RolloutTree, node_ids: Sequence[int]) -> AnchorBatch:
-        return self.anchors_of([tree], [node_ids])
-
     def anchors_of(self, trees: Sequence[RolloutTree], node_ids: Sequence[Sequence[int]]) -> AnchorBatch:
         """One batch for the anchors of many trees, in order: the planner's hot path, so the
         feature rows are stacked once rather than per tree and then concatenated (same matrix)."""

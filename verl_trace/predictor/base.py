@@ -55,19 +55,6 @@ class AnchorBatch:
             weight=None if self.weight is None else self.weight[idx],
         )
 
-    @staticmethod
-    def concat(batches: Sequence[AnchorBatch]) -> AnchorBatch:
-        keys = [k for b in batches for k in b.keys]
-        feats = [b.features for b in batches]
-        tp = [b.true_p for b in batches]
-        w = [b.weight for b in batches]
-        return AnchorBatch(
-            keys=keys,
-            features=np.concatenate(feats) if feats and all(f is not None for f in feats) else None,
-            true_p=np.concatenate(tp) if tp and all(t is not None for t in tp) else None,
-            weight=np.concatenate(w) if w and all(x is not None for x in w) else None,
-        )
-
 
 @dataclass
 class Prediction:
