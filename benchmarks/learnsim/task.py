@@ -84,8 +84,8 @@ class Task:
         h, hops = self.difficulty[ids], self.hops[ids]
         k = np.arange(T + 1)
         P = np.zeros((n, T + 1, T + 1))
+        final = 1.0 / (1.0 + np.exp(-(h[:, None] + s.gain * k[None, :] - s.loss * (hops[:, None] - k[None, :]))))
         for d in range(T, -1, -1):
-            final = 1.0 / (1.0 + np.exp(-(h[:, None] + s.gain * k[None, :] - s.loss * (hops[:, None] - k[None, :]))))
             if d == T:
                 P[:, d] = final
                 continue
