@@ -5,7 +5,7 @@ start-up state, which lives as long as the process: importing verl's agent-loop 
 leaves ~570,000 tracked objects (torch, sympy, transformers, verl). The planner's per-step trees
 trigger one or more full collections per step at production scale, and each re-walked all of
 them. ``gc.freeze()`` moves what exists now to a permanent generation that collections skip;
-docs/benchmarks.md ("Planner + predictor at production scale") has the measurement. The
+docs/benchmarks.md ("Issue 11 §4, third pass") has the measurement. The
 benchmark harness calls the same function, so both follow one rule.
 
 Process-wide and once: call it when start-up is over (verl, the model client and tokenizer
