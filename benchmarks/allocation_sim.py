@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planner-repeats", type=int, default=None, help="timed production-scale steps (default 5; 1 with --quick)")
     ap.add_argument("--no-planner", action="store_true", help="skip the production-scale planner timing")
     ap.add_argument("--planner-only", action="store_true", help="only the production-scale planner timing (issue 11 §4)")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="planner timing without the rollout worker's start-up gc.freeze() (what the freeze is worth)")
+    ap.add_argument("--import-verl", action="store_true",
+                    help="with --planner-only: time after importing verl's agent-loop worker, so the collector has the rollout "
+                         "worker's start-up objects to walk (~570,000 tracked objects)")
     ap.add_argument("--plot", default=None, help="write the ESR / informative-comparison plot (PNG) here")
     ap.add_argument("--markdown", default=None, help="write the result tables as markdown here")
     args = ap.parse_args(argv)
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         base = regimes.get("default") or next(iter(regimes.values()))
         with console.status("timing planner + predictor at production scale (512 x 16) on one core"):
             repeats = args.planner_repeats or (1 if args.quick else 5)
-            result["planner"] = time_planner(base, warmup=1 if args.quick else 2, repeats=repeats, settings=settings)
+            result["planner"] = time_planner(base, warmup=1 if args.quick else 2, repeats=repeats, settings=settings,
+                                             freeze_gc=not args.no_gc_freeze)
     result["goals"] = goals(result)
     result["seconds"] = time.time() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +144,11 @@ def planner_only(args: argparse.Namespace, regimes: dict[str, Regime], settings:
                  argv: list[str] | None, t0: float) -> int:
     """The production-scale timing alone: a few minutes instead of the whole simulation."""
     base = regimes.get("default") or next(iter(regimes.values()))
+    if args.import_verl:
+        import verl.trainer.ppo.v1.agent_loop_tq  # noqa: F401  what the rollout worker's process has loaded
     with console.status("timing planner + predictor at production scale (512 x 16) on one core"):
         planner = time_planner(base, warmup=1 if args.quick else 2, repeats=args.planner_repeats or (1 if args.quick else 5),
-                               settings=settings)
+                               settings=settings, freeze_gc=not args.no_gc_freeze)
     result = {"command": "python benchmarks/allocation_sim.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "regimes": {}, "planner": planner}
     result["goals"] = goals(result)

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "verl_trace"
 LAYERS = {
     "verl_trace": 0,  # __init__: the version, nothing else
     "verl_trace.extras": 0,  # which pip extra brings which optional package (stdlib only)
+    "verl_trace.gcfreeze": 0,  # the start-up gc.freeze() of the rollout worker and the planner benchmark (stdlib only)
     "verl_trace.tree": 1,
     "verl_trace.config": 1,  # the trace: schema (pydantic)
     "verl_trace.protocol": 1,  # the wire format between rollout and trainer (pydantic, tree)

@@ -34,9 +34,10 @@ class LeafStatus(str, enum.Enum):
     FAILED = "failed"  # engine/tool infrastructure error: no usable outcome
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TurnStats:
-    """Per-turn policy statistics, when the engine returns logprobs."""
+    """Per-turn policy statistics, when the engine returns logprobs. Frozen: ``Node.stats`` is a
+    view of the node's own fields; assign ``node.stats = TurnStats(...)`` to change them."""
 
     mean_logprob: float | None = None
     entropy: float | None = None  # engine entropy if available, else None
@@ -57,22 +58,27 @@ class TurnStats:
 
 @dataclass(slots=True)
 class Node:
-    """One turn (or the root). Token lists are the turn's own tokens, not the whole prefix.
+    """One turn (or the root). Token sequences are the turn's own tokens, not the whole prefix.
     Slotted: a step holds tens of thousands of nodes, read field by field on the planner's hot path;
-    slots make them smaller and their fields faster to read than a per-node ``__dict__``."""
+    slots make them smaller and their fields faster to read than a per-node ``__dict__``.
+    Few container objects per node, because Python's cyclic garbage collector walks every live one
+    on each full collection (one or more per step at 512 x 16): token sequences and children are
+    tuples (the collector untracks a tuple of numbers after one collection, where a list would
+    have it visit every token of every live tree), and the turn statistics are plain fields."""
 
     node_id: int
     parent: int | None
     depth: int
-    action_ids: list[int] = field(default_factory=list)
-    action_logprobs: list[float] | None = None
-    obs_ids: list[int] = field(default_factory=list)
+    action_ids: tuple[int, ...] = ()
+    action_logprobs: tuple[float, ...] | None = None
+    obs_ids: tuple[int, ...] = ()
     text: str = ""  # decoded action text (featurizers read it)
     obs_text: str = ""
     tool_calls: int = 0
     tool_errors: int = 0
-    stats: TurnStats = field(default_factory=TurnStats)
-    children: list[int] = field(default_factory=list)
+    mean_logprob: float | None = None  # read them through ``stats``
+    entropy: float | None = None
+    children: tuple[int, ...] = ()
     # Leaf fields: set by RolloutTree.finish().
     terminal: bool = False
     reward: float | None = None
@@ -80,6 +86,14 @@ class Node:
     # Free-form annotations: predictor estimates, simulator ground truth ("true_p"), round index.
     meta: dict[str, Any] = field(default_factory=dict)
     features: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def stats(self) -> TurnStats:
+        return TurnStats(self.mean_logprob, self.entropy)
+
+    @stats.setter
+    def stats(self, value: TurnStats) -> None:
+        self.mean_logprob, self.entropy = value.mean_logprob, value.entropy
 
     @property
     def is_leaf(self) -> bool:
@@ -152,23 +166,25 @@ class RolloutTree:
             raise ValueError(
                 f"action_logprobs has {len(action_logprobs)} entries for {len(action_ids)} action tokens"
             )
+        stats = TurnStats.from_logprobs(action_logprobs, entropy)
         node = Node(
             node_id=len(self.nodes),
             parent=parent,
             depth=p.depth + 1,
-            action_ids=list(action_ids),
-            action_logprobs=None if action_logprobs is None else [float(x) for x in action_logprobs],
-            obs_ids=list(obs_ids),
+            action_ids=tuple(action_ids),
+            action_logprobs=None if action_logprobs is None else tuple(float(x) for x in action_logprobs),
+            obs_ids=tuple(obs_ids),
             text=text,
             obs_text=obs_text,
             tool_calls=tool_calls,
             tool_errors=tool_errors,
-            stats=TurnStats.from_logprobs(action_logprobs, entropy),
+            mean_logprob=stats.mean_logprob,
+            entropy=stats.entropy,
             meta=dict(meta or {}),
             features=features,
         )
         self.nodes.append(node)
-        p.children.append(node.node_id)
+        p.children += (node.node_id,)
         c = self._cols
         c["parent"].append(parent)
         c["depth"].append(node.depth)
@@ -295,10 +311,12 @@ class RolloutTree:
         for i in path[1:]:
             n = self.nodes[i]
             start = len(response)
-            response += n.action_ids + n.obs_ids
+            response += n.action_ids
+            response += n.obs_ids
             mask += [1] * len(n.action_ids) + [0] * len(n.obs_ids)
             if logprobs is not None:
-                logprobs += n.action_logprobs + [0.0] * len(n.obs_ids)
+                logprobs += n.action_logprobs
+                logprobs += [0.0] * len(n.obs_ids)
             spans.append((start, len(response)))
         return Trajectory(list(self.prompt_ids), response, mask, logprobs, spans, path, None, None)
 
@@ -329,9 +347,9 @@ class RolloutTree:
                 "id": n.node_id,
                 "parent": n.parent,
                 "depth": n.depth,
-                "action_ids": n.action_ids,
-                "action_logprobs": n.action_logprobs,
-                "obs_ids": n.obs_ids,
+                "action_ids": list(n.action_ids),
+                "action_logprobs": None if n.action_logprobs is None else list(n.action_logprobs),
+                "obs_ids": list(n.obs_ids),
                 "text": n.text,
                 "obs_text": n.obs_text,
                 "tool_calls": n.tool_calls,

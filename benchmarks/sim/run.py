@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (see time_planner: imported before the start-up freeze)
 
 from verl_trace.allocation import ALLOCATORS as REGISTRY
 from verl_trace.allocation import build_allocator, new_planner, pool_size, step_budget
 from verl_trace.config import AllocatorConfig, BudgetConfig, TraceConfig
+from verl_trace.gcfreeze import freeze_startup_objects
 from verl_trace.predictor import OraclePredictor, build_predictor
 
 from .env import Environment, PromptSet
@@ -216,9 +218,11 @@ def pin_to_one_core() -> int | None:
 
 
 def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt: int = 16, warmup: int = 2,
-                 repeats: int = 5, seed: int = 0, settings: Settings = Settings()) -> dict[str, Any]:
+                 repeats: int = 5, seed: int = 0, settings: Settings = Settings(), freeze_gc: bool = True) -> dict[str, Any]:
     """Real CPU time of TRACE's planner (start + every leaves_done) and of the predictor's
-    training_batch + update, per step at production scale, after ``warmup`` steps of learning."""
+    training_batch + update, per step at production scale, after ``warmup`` steps of learning.
+    ``freeze_gc``: freeze the start-up objects before the first step, as the rollout worker does
+    (``verl_trace.gcfreeze``); off, to measure what the freeze is worth."""
     r = regime.model_copy(deep=True)
     r.run.batch_prompts, r.run.leaves_per_prompt = prompts_per_step, leaves_per_prompt
     r.run.train_prompts = max(r.run.train_prompts, pool_size(r.run.pool_factor, prompts_per_step) * 2)
@@ -232,6 +236,9 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
     budget = step_budget(cfg, n_roots=prompts_per_step)
     leaves = budget.leaves
     executor = SlotExecutor(env, max(1, round(r.latency.slots_per_leaf * leaves)))
+    # The rollout worker freezes once verl is imported, which imports torch._dynamo; here the
+    # predictor's first optimizer step would import it lazily, so it is imported with this module.
+    frozen = freeze_startup_objects() if freeze_gc else 0
     rows = []
     GC.start()
     for step, pool_ids in enumerate(pools(r, prompts, seed)):
@@ -273,6 +280,7 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
         "cpu_core": core,
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "gc_frozen_objects": frozen,  # start-up objects the collector skips (0: not frozen)
         # CPU time of the planning thread: what the planner costs, immune to other processes on a
         # shared machine. Wall time is reported next to it.
         "ms_per_step": {"median": statistics.median(cpu), "min": min(cpu), "max": max(cpu), "clock": "thread CPU time"},

@@ -139,7 +139,8 @@ def anchor_key(tree: RolloutTree, node_id: int) -> str:
         h = hashlib.blake2b(digest_size=8)
         for i in tree.path(node_id)[1:]:
             n = tree[i]
-            h.update(n.text.encode() if n.text else repr(n.action_ids).encode())
+            # repr of the token list (as when nodes stored lists), so keys stay those of earlier runs
+            h.update(n.text.encode() if n.text else repr(list(n.action_ids)).encode())
             h.update(b"\x00")
         key = node.meta["key"] = f"{tree.key}/{h.hexdigest()}"
     return key

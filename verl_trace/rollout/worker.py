@@ -44,6 +44,7 @@ from verl.utils import tensordict_utils as tu
 
 from ..allocation import allocator_class, step_budget, worker_budget
 from ..config import TraceConfigError, load_trace_config
+from ..gcfreeze import freeze_startup_objects
 from ..predictor import build_featurizer
 from ..predictor.service import RemotePredictor, get_predictor_actor
 from ..protocol import METRICS_PARTITION, ROOTS_KEY, TREE_ESTIMATORS
@@ -90,6 +91,9 @@ class TraceAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         self.reward_fn = self._reward_loop_score if reward_loop_worker_handles else self._local_reward_fn()
         self._submissions: dict[str, Submission] = {}
         self.last_step: StepResult | None = None
+        # Start-up is over (verl, clients, tokenizer): keep the collector off these objects, which a
+        # step's trees would otherwise make it re-walk on every full collection (verl_trace.gcfreeze).
+        freeze_startup_objects()
 
     # ------------------------------------------------------------------ entry point
     async def generate_sequences(self, batch: TensorDict) -> None:
