@@ -13,14 +13,11 @@ docs/benchmarks.md ("Learning simulator") describes the task, every design choic
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from benchmarks.learnsim.report import diagnostics, markdown, plot  # noqa: E402
 from benchmarks.learnsim.run import ESTIMATOR, RunSpec, Settings, reference, run, trace_config  # noqa: E402
 from benchmarks.learnsim.stats import merge as merge_parts  # noqa: E402
 from benchmarks.learnsim.stats import summarize  # noqa: E402
+from verl_trace.gcfreeze import freeze_startup_objects  # noqa: E402
 
 ALLOCATORS = ("uniform", "prompt", "tree_random", "entropy", "trace", "oracle")
 QUICK = {"train": {"roots": 8, "steps": 16}, "task": {"train_prompts": 96, "eval_prompts": 256}}
@@ -71,30 +69,6 @@ def parse_run(text: str) -> RunSpec:
         raise ValueError(f"--runs {text!r}: unknown allocator {allocator!r}; choose one of {sorted(ESTIMATOR)}")
     overrides = dotted([x for x in over.split(",") if x], f"--runs {text!r}") if over else {}
     return RunSpec(label, allocator, overrides)
-
-
-def _quiet_gc() -> None:
-    """Keep Python's cyclic garbage collector off the hot path; changes no result. A run allocates
-    millions of short-lived objects (tree nodes, token lists) next to ~500k long-lived ones from the
-    imports (torch, verl, transformers). By default every 700 net allocations start a collection and
-    every few dozen of those rescan the long-lived ones: about 10 % of the CPU. Frozen, the
-    imported objects are never rescanned, and collections run every 10,000 allocations."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """:func:`_quiet_gc` for the duration of the runs, then the caller's settings back (tests call
-    ``main`` in their own process)."""
-    threshold = gc.get_threshold()
-    _quiet_gc()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 def _seed_job(args: tuple[list[RunSpec], Settings, int]) -> tuple[int, dict[str, dict], dict[str, float]]:
@@ -168,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {s.label: [None] * n_seeds for s in specs}
     cpu: dict[str, float] = dict.fromkeys(labels, 0.0)
     jobs = [(specs, settings, s) for s in seeds]
-    with Progress(console=console, transient=True) as bar, quiet_gc():
+    # The imports leave ~500k objects (torch, verl) that every full collection would rescan while the
+    # runs build millions of tree nodes: ~10 % of the CPU before (docs/benchmarks.md). Changes no result.
+    freeze_startup_objects()
+    with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"{n_seeds} seeds × {len(specs)} runs", total=n_seeds)
         if args.workers > 1:
-            with ProcessPoolExecutor(args.workers, initializer=_quiet_gc) as ex:
+            with ProcessPoolExecutor(args.workers, initializer=freeze_startup_objects) as ex:
                 done = ex.map(_seed_job, jobs)
                 for seed, out, c in done:
                     for k, v in out.items():
