@@ -36,8 +36,8 @@ class LeafStatus(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TurnStats:
-    """Per-turn policy statistics, when the engine returns logprobs. Frozen: ``Node.stats`` is a
-    view of the node's own fields; assign ``node.stats = TurnStats(...)`` to change them."""
+    """Per-turn policy statistics, when the engine returns logprobs. ``Node.stats`` is a read-only
+    view of the node's ``mean_logprob`` and ``entropy`` fields (hot paths read the fields)."""
 
     mean_logprob: float | None = None
     entropy: float | None = None  # engine entropy if available, else None
@@ -76,7 +76,7 @@ class Node:
     obs_text: str = ""
     tool_calls: int = 0
     tool_errors: int = 0
-    mean_logprob: float | None = None  # read them through ``stats``
+    mean_logprob: float | None = None  # ``stats`` gives both as a TurnStats
     entropy: float | None = None
     children: tuple[int, ...] = ()
     # Leaf fields: set by RolloutTree.finish().
@@ -90,10 +90,6 @@ class Node:
     @property
     def stats(self) -> TurnStats:
         return TurnStats(self.mean_logprob, self.entropy)
-
-    @stats.setter
-    def stats(self, value: TurnStats) -> None:
-        self.mean_logprob, self.entropy = value.mean_logprob, value.entropy
 
     @property
     def is_leaf(self) -> bool:
@@ -354,8 +350,8 @@ class RolloutTree:
                 "obs_text": n.obs_text,
                 "tool_calls": n.tool_calls,
                 "tool_errors": n.tool_errors,
-                "mean_logprob": n.stats.mean_logprob,
-                "entropy": n.stats.entropy,
+                "mean_logprob": n.mean_logprob,
+                "entropy": n.entropy,
                 "terminal": n.terminal,
                 "reward": n.reward,
                 "status": None if n.status is None else n.status.value,

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from verl_trace.allocation import Issued
-from verl_trace.tree import LeafStatus, RolloutTree, TurnStats
+from verl_trace.tree import LeafStatus, RolloutTree
 
 from .task import Task
 
 N_TURN_FEATURES = 7
-_ZEROS = [0] * 8192
 
 
 @dataclass(slots=True)
@@ -121,11 +120,12 @@ class Sampler:
             p_true = d.table[ns.depth][ns.right]
             node = tree.add_turn(
                 node,
-                _ZEROS[:n_tok] if n_tok <= len(_ZEROS) else [0] * n_tok,
+                (0,) * n_tok,
                 tool_calls=0 if ns.depth == hops else 1,
                 meta={"action": a, "true_p": p_true, "key": f"{tree.uid}/{len(tree)}"},
             )
-            tree.nodes[node].stats = TurnStats(mean_logprob=lp, entropy=ent)
+            # no per-token logprobs here: the turn's mean (the sampled action's) is set directly
+            tree.nodes[node].mean_logprob, tree.nodes[node].entropy = lp, ent
             d.states.append(ns)
             if ns.depth == hops:
                 reward = 1.0 if rng.random() < p_true else 0.0

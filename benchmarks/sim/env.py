@@ -28,7 +28,6 @@ from .regime import Lognormal, Regime
 
 LOGIT_CLIP = 12.0
 N_TURN_FEATURES = 9
-_ZEROS = (0,) * 4096  # a tuple: the tree keeps token sequences as tuples (a slice of one is not copied again)
 
 
 def sigmoid(u: float) -> float:
@@ -248,8 +247,8 @@ class Environment:
             nid = len(tree)
             parent = tree.add_turn(
                 parent,
-                _ZEROS[: d.action_tokens] if d.action_tokens <= len(_ZEROS) else (0,) * d.action_tokens,
-                _ZEROS[: d.obs_tokens] if d.obs_tokens <= len(_ZEROS) else (0,) * d.obs_tokens,
+                (0,) * d.action_tokens,  # a tuple, as the tree stores token sequences (not copied again)
+                (0,) * d.obs_tokens,
                 tool_calls=0 if d.answer else 1,
                 entropy=d.entropy,
                 meta={"true_p": d.state.p, "key": f"{tree.uid}/{nid}"},

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401  (see time_planner: imported before the start-up freeze)
 
 from verl_trace.allocation import ALLOCATORS as REGISTRY
 from verl_trace.allocation import build_allocator, new_planner, pool_size, step_budget
@@ -236,8 +235,10 @@ def time_planner(regime: Regime, prompts_per_step: int = 512, leaves_per_prompt:
     budget = step_budget(cfg, n_roots=prompts_per_step)
     leaves = budget.leaves
     executor = SlotExecutor(env, max(1, round(r.latency.slots_per_leaf * leaves)))
-    # The rollout worker freezes once verl is imported, which imports torch._dynamo; here the
-    # predictor's first optimizer step would import it lazily, so it is imported with this module.
+    # The rollout worker freezes once verl is imported, which has imported torch._dynamo; here the
+    # predictor's first optimizer step would import it lazily, after the freeze, so import it now.
+    import torch._dynamo  # noqa: F401
+
     frozen = freeze_startup_objects() if freeze_gc else 0
     rows = []
     GC.start()

@@ -171,26 +171,24 @@ class AnchorFeaturizer:
                 last = rows[i]
                 words = {w.lower() for w in _WORD.findall(node.obs_text)} if node.obs_text else set()
                 seen_now = terms.intersection(words)
-                st = node.stats
                 path = _Path(
                     up.hist + last, up.calls + node.tool_calls, up.errors + node.tool_errors,
                     up.gen + node.generated_tokens,
-                    up.lp_sum + (st.mean_logprob or 0.0), up.lp_n + (st.mean_logprob is not None),
-                    up.ent_sum + (st.entropy or 0.0), up.ent_n + (st.entropy is not None),
+                    up.lp_sum + (node.mean_logprob or 0.0), up.lp_n + (node.mean_logprob is not None),
+                    up.ent_sum + (node.entropy or 0.0), up.ent_n + (node.entropy is not None),
                     up.found | seen_now,
                 )
             paths[i] = path
             hist_u, last_u = _unit(path.hist), _unit(last)
-            st = node.stats
             numeric = np.array(
                 [
                     node.depth / self.max_turns,
                     np.log1p(path.calls),
                     np.log1p(path.errors),
                     1.0 if node.tool_errors else 0.0,
-                    st.mean_logprob or 0.0,
+                    node.mean_logprob or 0.0,
                     path.lp_sum / path.lp_n if path.lp_n else 0.0,
-                    st.entropy or 0.0,
+                    node.entropy or 0.0,
                     path.ent_sum / path.ent_n if path.ent_n else 0.0,
                     1.0 if path.ent_n else 0.0,
                     np.log1p(path.gen) / 8.0,
